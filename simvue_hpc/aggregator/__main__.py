@@ -1,0 +1,57 @@
+"""``python -m simvue_hpc.aggregator``: the aggregator as a child process of its host.
+
+Protocol with the host: the host writes the JSON spec as one line on stdin; the child answers
+``{"endpoint": ...}`` (or ``{"error": ...}``) as one line on stdout, runs the run, and prints
+``{"status": ...}`` when it is over. The end of stdin means the host is done or dead; SIGTERM ends
+the run at once, everything received kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from ..errors import SimvueHPCError
+from .loop import AggregatorService, AggregatorSpec
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m simvue_hpc.aggregator")
+    parser.add_argument("--transport", default="tcp")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="simvue_hpc aggregator: %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides; a terminal's Ctrl-C is for it
+    stdin_fd = sys.stdin.fileno()
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(stdin_fd, 1 << 16)
+        if not chunk:
+            return 2
+        line += chunk
+    out = sys.stdout
+    try:
+        service = AggregatorService(AggregatorSpec.from_json(line.decode()))
+        endpoint = service.bind(args.transport)
+    except (SimvueHPCError, OSError, ValueError, TypeError) as exc:
+        print(json.dumps({"error": str(exc)}), file=out, flush=True)
+        return 1
+    print(json.dumps({"endpoint": endpoint}), file=out, flush=True)
+    status = service.run(control_fd=stdin_fd, stop=stop)
+    print(json.dumps({"status": status}), file=out, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

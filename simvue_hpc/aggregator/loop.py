@@ -1,0 +1,288 @@
+"""The aggregator's I/O: one loop that feeds the state machine and performs its actions.
+
+``AggregatorService`` binds the ROUTER socket, creates the run's store, then loops: poll, decode,
+``state.handle``, ``state.tick``, perform the actions (replies, store records, file bytes) until
+the state says ``Finish``. Two hosts run it: :class:`ThreadHost` (a thread of the host process) and
+:class:`ProcessHost` (a child process, ``python -m simvue_hpc.aggregator``), which keeps the
+aggregator's work off the host's GIL; benchmarks/README.md has the measurements behind the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .. import transport
+from ..config import HPCSettings
+from ..errors import ProtocolError, StoreError, TransportError
+from ..protocol import decode, encode
+from ..store import FileSink, RecordType, RunWriter
+from .reduce import parse_reductions
+from .state import (
+    Action,
+    AggregatorConfig,
+    AggregatorState,
+    Append,
+    AppendMetrics,
+    FileDiscard,
+    FileWrite,
+    Finish,
+    Reply,
+)
+
+log = logging.getLogger(__name__)
+MAX_MESSAGES_PER_WAKE = 2000
+SYNC_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class AggregatorSpec:
+    """Everything an aggregator needs, JSON-serialisable so a child process can receive it."""
+
+    run_id: str
+    run_name: str
+    secret: str
+    root: str
+    run: dict[str, Any]  # the RUN record: name, folder, description, tags, metadata, system, job
+    expected_ranks: int | None = None
+    host_rank: int | None = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    reductions: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> AggregatorSpec:
+        return cls(**json.loads(text))
+
+
+class AggregatorService:
+    """Binds, records and loops; used from a thread or as the main of a child process."""
+
+    def __init__(self, spec: AggregatorSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self.settings = HPCSettings.load(spec.settings, environ={})
+        self._clock = clock
+        self._ctx: Any = None
+        self._sock: Any = None
+        self._store: RunWriter | None = None
+        self._sinks: dict[str, FileSink] = {}
+        self._out_seq: dict[bytes, int] = {}
+        self.endpoint = ""
+        self.status: str | None = None
+
+    def bind(self, kind: str) -> str:
+        """Bind the socket and create the store; errors surface here, in the caller."""
+        transport.raise_fd_limit(self.spec.expected_ranks)
+        self._ctx = transport.context()
+        self._sock, self.endpoint = transport.bind_router(self._ctx, kind, self.spec.run_id)
+        try:
+            self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
+            self._store.append(RecordType.RUN, dict(self.spec.run))
+            self._store.append(RecordType.STATUS, {"status": "running", "time_us": time.time_ns() // 1000})
+            self._store.flush()
+        except BaseException:
+            transport.close(self._sock)
+            self._ctx.term()
+            raise
+        return self.endpoint
+
+    def run(self, control_fd: int | None = None, stop: threading.Event | None = None) -> str:
+        """Loop until the run is finished; returns its final status.
+
+        ``control_fd`` is the host's pipe (a child process's stdin): its end of file means the
+        host is gone, which starts the close. ``stop`` ends the run at once."""
+        assert self._store is not None, "bind() first"
+        s = self.settings
+        config = AggregatorConfig(
+            run_id=self.spec.run_id, run_name=self.spec.run_name, secret=self.spec.secret,
+            expected_ranks=self.spec.expected_ranks, host_rank=self.spec.host_rank,
+            step_timeout=s.step_timeout, rank_timeout=s.rank_timeout, close_timeout=s.close_timeout,
+            reductions=parse_reductions(self.spec.reductions),
+        )  # fmt: skip
+        now = self._clock()
+        state = AggregatorState(config, now)
+        items: list[tuple[Any, int]] = [(self._sock, transport.POLLIN)]
+        if control_fd is not None:
+            items.append((control_fd, transport.POLLIN))
+        poller = transport.poller(*items)
+        next_tick = now
+        sync_at = now + SYNC_INTERVAL
+        try:
+            while self.status is None:
+                events = dict(poller.poll(int(max(0.0, next_tick - self._clock()) * 1000)))
+                now = self._clock()
+                if self._sock in events:
+                    for _ in range(MAX_MESSAGES_PER_WAKE):
+                        frames = transport.recv(self._sock)
+                        if frames is None:
+                            break
+                        identity, body = bytes(frames[0]), frames[1:]
+                        try:
+                            seq, message = decode(body)
+                        except ProtocolError as exc:
+                            self._perform(state, state.protocol_error(identity, str(exc)))
+                            continue
+                        self._perform(state, state.handle(identity, seq, message, now))
+                if control_fd is not None and control_fd in events and not _read_or_eof(control_fd):
+                    log.info("the host process is gone; closing once the other ranks have")
+                    poller.unregister(control_fd)
+                    control_fd = None
+                    state.begin_close(now)
+                if stop is not None and stop.is_set():
+                    self._perform(state, state.finish_now(now))
+                if now >= next_tick:
+                    self._perform(state, state.tick(now))
+                    next_tick = state.next_deadline(now)
+                    self._store.flush()
+                if now >= sync_at:
+                    self._store.sync()
+                    sync_at = now + SYNC_INTERVAL
+        finally:
+            for sink in self._sinks.values():
+                sink.abort()
+            self._store.close()
+            transport.close(self._sock, linger_ms=200)
+            self._ctx.term()
+        return self.status or "failed"
+
+    def _perform(self, state: AggregatorState, actions: list[Action]) -> None:
+        assert self._store is not None
+        for action in actions:
+            if isinstance(action, AppendMetrics):
+                self._store.append_metrics(
+                    action.names, action.name_id, action.step, action.time_us, action.value, late=action.late
+                )
+            elif isinstance(action, Append):
+                self._store.append(action.type, action.payload)
+            elif isinstance(action, Reply):
+                seq = self._out_seq.get(action.identity, 0)
+                self._out_seq[action.identity] = seq + 1
+                transport.send(self._sock, [action.identity, *encode(action.message, seq)])
+            elif isinstance(action, FileWrite):
+                self._file_write(state, action)
+            elif isinstance(action, FileDiscard):
+                sink = self._sinks.pop(action.sha256, None)
+                if sink is not None:
+                    sink.abort()
+            elif isinstance(action, Finish):
+                self.status = action.status
+
+    def _file_write(self, state: AggregatorState, action: FileWrite) -> None:
+        assert self._store is not None
+        try:
+            sink = self._sinks.get(action.sha256)
+            if sink is None:
+                sink = self._sinks[action.sha256] = self._store.begin_file(action.sha256)
+            sink.write(action.data)
+            if not action.final:
+                return
+            del self._sinks[action.sha256]
+            sink.commit()
+        except StoreError as exc:
+            self._sinks.pop(action.sha256, None)
+            self._perform(state, state.file_done(action.sha256, False, str(exc)))
+            return
+        self._perform(state, state.file_done(action.sha256, True))
+
+
+def _read_or_eof(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- hosts
+class ThreadHost:
+    """The aggregator as a thread of this process."""
+
+    def __init__(self, spec: AggregatorSpec, kind: str) -> None:
+        self._service = AggregatorService(spec)
+        self.endpoint = self._service.bind(kind)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="simvue_hpc-aggregator", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._service.run(stop=self._stop)
+        except Exception:
+            log.exception("the simvue_hpc aggregator failed")
+
+    def wait(self, timeout: float) -> str | None:
+        """The final status once the run is over; None if still running after ``timeout``."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(10)
+        return self._service.status
+
+
+class ProcessHost:
+    """The aggregator as a child process, fed its spec on stdin; stdin's end tells it we died."""
+
+    def __init__(self, spec: AggregatorSpec, kind: str, start_timeout: float) -> None:
+        env = dict(os.environ)
+        package_parent = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", kind],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True, close_fds=True,
+        )  # fmt: skip
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin: IO[bytes] = self._proc.stdin
+        self._stdin.write(spec.to_json().encode() + b"\n")
+        self._stdin.flush()
+        answer = _read_line(self._proc.stdout, start_timeout)
+        if not answer or "endpoint" not in answer:
+            self._proc.kill()
+            self._proc.wait()
+            reason = answer.get("error") if answer else f"no answer within {start_timeout} s"
+            raise TransportError(f"the aggregator process did not start: {reason}")
+        self.endpoint: str = answer["endpoint"]
+
+    def wait(self, timeout: float) -> str | None:
+        """The final status once the child has exited; None if it had to be stopped."""
+        assert self._proc.stdout is not None
+        with contextlib.suppress(OSError):
+            self._stdin.close()  # the host is done: the child closes once the other ranks have
+        answer = _read_line(self._proc.stdout, timeout)
+        if answer is None:
+            log.warning("the aggregator did not finish within %.0f s; asking it to stop now", timeout)
+            self._proc.send_signal(signal.SIGTERM)
+            answer = _read_line(self._proc.stdout, 10)
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        return answer.get("status") if answer else None
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
+    """One JSON line from a child's stdout within ``timeout``, or None."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        return None
+    line = stream.readline()
+    if not line:
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,401 @@
+"""The ``Simvue`` class every process of a job calls: the seed's API, with the official client's
+names as aliases.
+
+Every rank calls the same methods; where the process stands (``roles.py``) decides whether it also
+hosts the aggregator. A child forked from a process that holds a run attaches to that run on its
+first call, so ``Pool`` and ``ProcessPoolExecutor`` workers log into their parent's run unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import mimetypes
+import multiprocessing.util
+import os
+import platform
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import roles
+from .aggregator.loop import AggregatorSpec, ProcessHost, ThreadHost
+from .aggregator.reduce import parse_reductions
+from .alerts import metric_alert
+from .config import HPCSettings
+from .errors import ConfigurationError, RoleError, SimvueHPCError
+from .names import check_folder, check_metadata, check_run_name, check_tags, generate_name
+from .protocol import AlertDefinition, Event, FolderDetails, RunUpdate, Status
+from .store import default_root, new_run_id
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("code", "input", "output")
+_live: weakref.WeakSet[Simvue] = weakref.WeakSet()
+_current: Simvue | None = None
+
+
+class Simvue:
+    """One process's handle on the job's run.
+
+    ``reductions`` maps metric names to how they are reduced across ranks (``"sum"``,
+    ``["max", "mean"]``, ``"per_rank"``; default mean with ``.min`` and ``.max``). Other keyword
+    arguments are settings (see :class:`~simvue_hpc.config.HPCSettings`).
+    """
+
+    def __init__(self, *, reductions: Mapping[str, str | Sequence[str]] | None = None, **settings: Any) -> None:
+        self._settings = HPCSettings.load(settings)
+        self._reductions = {k: r.spec() for k, r in parse_reductions(reductions).items()}
+        self._worker: Worker | None = None
+        self._host: ThreadHost | ProcessHost | None = None
+        self._placement: roles.Placement | None = None
+        self._exported: dict[str, str | None] = {}
+        self._rendezvous: Path | None = None
+        self._forked = False
+        self._closed = False
+        self.status: str | None = None
+
+    # ------------------------------------------------------------------------------------------ identity
+    @property
+    def id(self) -> str | None:
+        """The run's id (the directory name in the local store)."""
+        return self._worker.run_id if self._worker else None
+
+    @property
+    def name(self) -> str | None:
+        return self._worker.run_name if self._worker else None
+
+    @property
+    def rank(self) -> int | None:
+        """This process's rank in the run (given by the aggregator to pool children)."""
+        return self._worker.rank if self._worker else None
+
+    # ------------------------------------------------------------------------------------------ init
+    def init(
+        self,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        description: str | None = None,
+        folder: str = "/",
+    ) -> bool:
+        """Start the run (on the aggregator's host) or join it (everywhere else).
+
+        Under MPI every rank must call it: it broadcasts the aggregator's endpoint once."""
+        if self._worker is not None:
+            raise SimvueHPCError("init() was already called on this run")
+        run = {
+            "name": check_run_name(name) if name is not None else None,
+            "metadata": check_metadata(metadata),
+            "tags": check_tags(tags),
+            "description": description if description is None else str(description),
+            "folder": check_folder(folder),
+        }
+        placement = roles.detect()
+        self._placement = placement
+        if placement.kind == "attach":
+            self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)
+            if placement.owner == "sidecar" and self._worker is not None and self._worker.rank == 0:
+                self._worker.send(RunUpdate(**{k: v for k, v in run.items() if v not in (None, [], {})}))
+        elif placement.kind == "mpi":
+            self._init_mpi(placement, run)
+        elif placement.kind == "launcher":
+            self._init_launcher(placement, run)
+        else:
+            endpoint, secret = self._start_host(run, placement)
+            self._connect(endpoint, secret, 0, 1)
+        self._export_environment()
+        _register(self)
+        return True
+
+    def _init_mpi(self, placement: roles.Placement, run: dict[str, Any]) -> None:
+        comm = placement.comm
+        info: tuple[str, str] | tuple[str, str, str]
+        error: BaseException | None = None
+        if placement.rank == 0:
+            try:
+                info = self._start_host(run, placement)
+            except BaseException as exc:  # every rank must leave the broadcast, whatever happened
+                error = exc
+                info = ("error", str(exc), "")
+        else:
+            info = ("", "")
+        info = comm.bcast(info, root=0)
+        if error is not None:
+            raise error
+        if info[0] == "error":
+            raise RoleError(f"rank 0 could not start the aggregator: {info[1]}")
+        self._connect(info[0], info[1], placement.rank, placement.size)
+
+    def _init_launcher(self, placement: roles.Placement, run: dict[str, Any]) -> None:
+        directory = default_root() / ".rendezvous"
+        key = roles.job_key(os.environ)
+        if placement.rank == 0:
+            endpoint, secret = self._start_host(run, placement)
+            self._rendezvous = roles.publish(directory, key, {"endpoint": endpoint, "secret": secret})
+        else:
+            info = roles.wait_published(directory, key, self._settings.connect_timeout * 4)
+            endpoint, secret = info["endpoint"], info["secret"]
+        self._connect(endpoint, secret, placement.rank, placement.size)
+
+    def _start_host(self, run: dict[str, Any], placement: roles.Placement) -> tuple[str, str]:
+        """Start this run's aggregator here; returns its endpoint and the run's secret."""
+        run_id = new_run_id()
+        secret = secrets.token_hex(16)
+        name = run["name"] or generate_name()
+        record = {
+            "id": run_id, **run, "name": name, "created_us": time.time_ns() // 1000,
+            "system": system_info(), "job": job_info(placement, self._settings),
+        }  # fmt: skip
+        spec = AggregatorSpec(
+            run_id=run_id, run_name=name, secret=secret, root=str(default_root()), run=record,
+            expected_ranks=placement.size if placement.kind in ("mpi", "launcher") else None,
+            host_rank=0, settings=self._settings.to_dict(), reductions=self._reductions,
+        )  # fmt: skip
+        kind = self._settings.transport
+        if self._settings.aggregator == "thread":
+            self._host = ThreadHost(spec, kind)
+        else:
+            self._host = ProcessHost(spec, kind, self._settings.connect_timeout)
+        return self._host.endpoint, secret
+
+    def _connect(self, endpoint: str, secret: str, rank: int, size: int) -> None:
+        worker = Worker(endpoint, secret, rank, size, self._settings, self._reductions)
+        worker.start()
+        self._worker = worker
+
+    def _export_environment(self) -> None:
+        """Children started from here (pools, subprocesses) join this run through the environment."""
+        w = self._worker
+        if w is None or os.environ.get(roles.ENDPOINT_VAR) == w.endpoint:
+            return
+        values = {roles.ENDPOINT_VAR: w.endpoint, roles.SECRET_VAR: w._hello.secret, roles.RUN_VAR: w.run_id,
+                  roles.OWNER_VAR: "parent"}  # fmt: skip
+        for key, value in values.items():
+            self._exported[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    # ------------------------------------------------------------------------------------------ recording
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> bool:
+        """Record metrics (name -> number) at ``step`` (default: one more than this rank's last)."""
+        worker = self._worker
+        if worker is None:
+            worker = self._attach_after_fork()
+        worker.log(metrics, step)
+        return True
+
+    def event(self, message: str) -> bool:
+        """Record a timestamped event; the aggregator adds this rank and host."""
+        if not isinstance(message, str):
+            raise ConfigurationError(f"event message must be a string, got {type(message).__name__}")
+        self._need_worker().send(Event(message, time.time_ns(), "info"))
+        return True
+
+    def save(self, path: str | os.PathLike[str], category: str, name: str | None = None) -> bool:
+        """Store a copy of a file with the run (once, however many ranks save the same bytes)."""
+        if category not in CATEGORIES:
+            raise ConfigurationError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigurationError(f"path {str(file)!r} is not a readable file")
+        mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        self._need_worker().save(file, name or file.name, category, mime)
+        return True
+
+    def folder_details(
+        self, path: str, metadata: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None,
+        description: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Set a folder's metadata, tags and description."""
+        message = FolderDetails(check_folder(path), check_metadata(metadata) or None, check_tags(tags) or None,
+                                description)  # fmt: skip
+        self._need_worker().send(message)
+        return True
+
+    def add_alert(
+        self, name: str, type: str, metric: str, frequency: float, window: float,
+        threshold: float | None = None, range_low: float | None = None, range_high: float | None = None,
+    ) -> bool:  # fmt: skip
+        """Define an alert on a metric (``type`` is the rule, e.g. ``"is above"``; times in minutes)."""
+        definition = metric_alert(name, type, metric, frequency, window, threshold, range_low, range_high)
+        self._need_worker().send(AlertDefinition(definition))
+        return True
+
+    # the official client's names
+    log_metrics = log
+    log_event = event
+
+    def save_file(self, file_path: str | os.PathLike[str], category: str, name: str | None = None, **_: Any) -> bool:
+        """The official client's name for :meth:`save`."""
+        return self.save(file_path, category, name)
+
+    # ------------------------------------------------------------------------------------------ close
+    def close(self) -> bool:
+        """Flush and leave the run; on the host, wait for the other ranks (bounded) and end it."""
+        if self._closed or self._worker is None:
+            return False
+        self._closed = True
+        acknowledged = self._worker.close()
+        if self._host is not None:
+            self.status = self._host.wait(self._settings.close_timeout + 10)
+            self._host = None
+        if self._rendezvous is not None:
+            self._rendezvous.unlink(missing_ok=True)
+        for key, old in self._exported.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        self._exported.clear()
+        return acknowledged
+
+    def __enter__(self) -> Simvue:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and self._worker is not None and not self._closed:
+            failed = not (isinstance(exc, SystemExit) and exc.code in (0, None))
+            if failed:
+                status = "terminated" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+                where = f"rank {self._worker.rank} on {socket.gethostname()}"
+                text = "".join(traceback.format_exception(exc_type, exc, tb))
+                try:
+                    self._worker.send(Event(f"{exc_type.__name__} on {where}:\n{text}", time.time_ns(), "error"))
+                    self._worker.send(Status(status, f"{exc_type.__name__}: {exc}"))
+                except SimvueHPCError as err:
+                    log.warning("could not record the failure: %s", err)
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ forks
+    def _need_worker(self) -> Worker:
+        return self._worker if self._worker is not None else self._attach_after_fork()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connection is not ours; join the run anew when used."""
+        if self._worker is not None:
+            self._worker.abandon()
+        self._worker = None
+        self._host = None
+        self._exported = {}
+        self._rendezvous = None
+        self._forked = not self._closed
+        self._closed = False
+
+    def _attach_after_fork(self) -> Worker:
+        if not self._forked:
+            raise SimvueHPCError("call init() before recording anything")
+        placement = roles.detect()
+        if placement.kind != "attach":
+            raise RoleError("this forked process cannot find its parent's run (SIMVUE_HPC_ENDPOINT is not set)")
+        self._forked = False
+        self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)
+        _register(self, child=True)
+        assert self._worker is not None
+        return self._worker
+
+
+def attach(**settings: Any) -> Simvue:
+    """Join the run this process was started into (by a pool's parent or ``simvue-hpc run``)."""
+    run = Simvue(**settings)
+    if roles.detect().kind != "attach":
+        raise RoleError(f"no run to attach to: {roles.ENDPOINT_VAR} is not set in this process")
+    run.init()
+    _register(run, child=True)
+    return run
+
+
+def init_worker() -> None:
+    """``Pool(initializer=simvue_hpc.init_worker)``: attach once per worker process."""
+    global _current
+    _current = attach()
+
+
+def current_run() -> Simvue:
+    """This process's run: the one ``init_worker``/``attach`` made, or the last one initialised."""
+    global _current
+    if _current is None:
+        _current = attach()
+    return _current
+
+
+def system_info() -> dict[str, Any]:
+    """The aggregator host's system block, in the server's format."""
+    uname = platform.uname()
+    return {
+        "cwd": os.getcwd(),
+        "hostname": socket.gethostname(),
+        "pythonversion": platform.python_version(),
+        "platform": {"system": uname.system, "release": uname.release, "version": uname.version},
+        "cpu": {"arch": uname.machine, "processor": platform.processor() or uname.machine},
+        "gpu": None,
+    }
+
+
+def job_info(placement: roles.Placement, settings: HPCSettings) -> dict[str, Any]:
+    """The job's shape, recorded in the run."""
+    env = os.environ
+    return {
+        "ranks": placement.size,
+        "launcher": placement.launcher,
+        "aggregator": settings.aggregator,
+        "transport": settings.transport,
+        "host": socket.gethostname(),
+        "slurm_job_id": env.get("SLURM_JOB_ID"),
+        "slurm_nodelist": env.get("SLURM_JOB_NODELIST"),
+        "argv": list(sys.argv),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- process hooks
+_hooks_installed = False
+
+
+def _register(run: Simvue, child: bool = False) -> None:
+    """Close the run when the process exits, however it exits normally (atexit, or the finalizers a
+    multiprocessing child runs), and on SIGTERM in pool children (``Pool.terminate``)."""
+    global _hooks_installed, _current
+    _live.add(run)
+    _current = run
+    if not _hooks_installed:
+        _hooks_installed = True
+        atexit.register(_close_all)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    if child:
+        multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _close_all() -> None:
+    for run in list(_live):
+        try:
+            run.close()
+        except Exception:
+            log.exception("closing a run at exit failed")
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # Unwind the main thread so the process's exit handlers flush the buffer and say goodbye.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def _after_fork_in_child() -> None:
+    global _current
+    for run in list(_live):
+        run._after_fork()
+    _live.clear()
+    if _current is not None:
+        _live.add(_current)

@@ -1,0 +1,262 @@
+"""The ``simvue-hpc`` console script: inspect the runs in the local store.
+
+Each subcommand is one function decorated with :func:`command`, which registers its name, its
+help (the docstring's first line) and its arguments; ``main`` builds the parser from that registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SimvueHPCError
+from .store import MetricSeries, RunView, default_root, find_run, list_runs, load_run
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+MAX_EVENTS = 50
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    handler: Handler
+    arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+
+
+_COMMANDS: list[_Command] = []
+
+
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One argument of a subcommand, as given to ``ArgumentParser.add_argument``."""
+    return flags, kwargs
+
+
+def command(name: str, *arguments: tuple[tuple[str, ...], dict[str, Any]]) -> Callable[[Handler], Handler]:
+    """Register a subcommand handler under name with its arguments."""
+
+    def register(handler: Handler) -> Handler:
+        _COMMANDS.append(_Command(name, handler, arguments))
+        return handler
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="simvue-hpc", description="Inspect the simvue_hpc runs recorded in the local store."
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the local store (default: $SIMVUE_OFFLINE_DIRECTORY, else $XDG_DATA_HOME/simvue_hpc)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in _COMMANDS:
+        doc = (cmd.handler.__doc__ or "").strip()
+        p = sub.add_parser(cmd.name, help=doc.splitlines()[0] if doc else None, description=doc or None)
+        for flags, kwargs in cmd.arguments:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``simvue-hpc``; returns the exit code (1 on a simvue_hpc error)."""
+    args = build_parser().parse_args(argv)
+    if args.root is None:
+        args.root = default_root()
+    try:
+        code: int = args.handler(args)
+        sys.stdout.flush()
+    except SimvueHPCError as exc:
+        print(f"simvue-hpc: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def _time(us: int | None) -> str:
+    """Microseconds since the epoch as local ``YYYY-MM-DD HH:MM:SS``; ``-`` if unknown."""
+    if us is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(us // 1_000_000).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError, TypeError):
+        return str(us)
+
+
+def _size(n: int) -> str:
+    """A byte count for humans."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _value(v: Any) -> str:
+    """A metadata value on one line: strings as is, anything else as JSON."""
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def _num(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Rows aligned in columns under headers (numeric-looking columns right-aligned)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    right = [all(_is_number(r[i]) for r in rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return (indent + "  ".join(parts)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return s in ("-", "")
+    return True
+
+
+def _who(rank: Any, host: Any) -> str:
+    return f"{'-' if rank is None else rank}@{host or '?'}"
+
+
+def _metric_row(name: str, s: MetricSeries) -> list[str]:
+    finite = s.value[~np.isnan(s.value)]
+    lo, hi = (_num(float(finite.min())), _num(float(finite.max()))) if finite.size else ("nan", "nan")
+    return [
+        name,
+        str(len(s)),
+        f"{s.step[0]}..{s.step[-1]}",
+        lo,
+        hi,
+        _num(float(s.value[-1])),
+        str(s.late) if s.late else "",
+    ]
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+@command("list")
+def cmd_list(args: argparse.Namespace) -> int:
+    """List the runs in the store."""
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs in {args.root}")
+        return 0
+    rows = [
+        [
+            v.id,
+            v.name or "-",
+            v.status,
+            str(len(v.ranks)),
+            str(len(v.metrics)),
+            _time(v.created_us),
+            _time(v.ended_us),
+            v.folder,
+        ]
+        for v in runs
+    ]
+    print("\n".join(_table(["ID", "NAME", "STATUS", "RANKS", "METRICS", "START", "END", "FOLDER"], rows)))
+    return 0
+
+
+@command("show", arg("run", metavar="RUN", help="run id, unique id prefix, or unique run name"))
+def cmd_show(args: argparse.Namespace) -> int:
+    """Show one run: metadata, metrics, events, files, alerts and ranks."""
+    print("\n".join(_show_lines(load_run(find_run(args.root, args.run)))))
+    return 0
+
+
+def _show_lines(v: RunView) -> list[str]:
+    """The text of ``show`` for one run."""
+    fields = [
+        ("name", v.name or "-"),
+        ("id", v.id),
+        ("folder", v.folder),
+        ("status", v.status),
+        ("description", v.description or "-"),
+        ("tags", ", ".join(v.tags) or "-"),
+        ("start", _time(v.created_us)),
+        ("end", _time(v.ended_us)),
+    ]
+    end = v.end or {}
+    for key in ("missing_ranks", "lost_ranks"):
+        if ranks := end.get(key):
+            fields.append((key.replace("_", " "), ", ".join(map(str, ranks))))
+    out = [f"{k + ':':<15}{val}" for k, val in fields]
+    for title, mapping in (("metadata", v.metadata), ("job", v.job)):
+        out.append(f"{title}:" if mapping else f"{title + ':':<15}-")
+        out += [f"  {k}: {_value(val)}" for k, val in mapping.items()]
+
+    out += ["", f"metrics ({len(v.metrics)})"]
+    if v.metrics:
+        rows = [_metric_row(name, s) for name, s in v.metrics.items()]
+        out += _table(["NAME", "POINTS", "STEPS", "MIN", "MAX", "LAST", "LATE"], rows, "  ")
+
+    out += ["", f"events ({len(v.events)})"]
+    if len(v.events) > MAX_EVENTS:
+        out.append(f"  ... {len(v.events) - MAX_EVENTS} earlier events omitted")
+    for e in v.events[-MAX_EVENTS:]:
+        level = e.get("level")
+        tag = f" [{level}]" if level and level != "info" else ""
+        out.append(f"  {_time(e.get('time_us'))}  {_who(e.get('rank'), e.get('host'))}{tag}  {e.get('message', '')}")
+
+    out += ["", f"files ({len(v.files)})"]
+    if v.files:
+        rows = [
+            [
+                str(f.get("name", "?")),
+                str(f.get("category", "-")),
+                _size(int(f.get("size") or 0)),
+                str(f.get("sha256", ""))[:12],
+            ]
+            for f in v.files
+        ]
+        out += _table(["NAME", "CATEGORY", "SIZE", "SHA256"], rows, "  ")
+
+    out += ["", f"alerts ({len(v.alerts)})"]
+    for a in v.alerts:
+        rest = ", ".join(f"{k}={_value(val)}" for k, val in a.items() if k != "name")
+        out.append(f"  {a.get('name', '?')}: {rest}" if rest else f"  {a.get('name', '?')}")
+
+    out += ["", f"ranks ({len(v.ranks)})"]
+    if v.ranks:
+        rows = [
+            [str(r), str(p.get("host") or "?"), str(p.get("pid") or "-"), str(p.get("state") or "-")]
+            for r, p in sorted(v.ranks.items())
+        ]
+        out += _table(["RANK", "HOST", "PID", "STATE"], rows, "  ")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Generated run names (adjective-noun) and the validation of user-given names.
+
+The rules are the Simvue server's, so what is accepted here is accepted there.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+
+RUN_NAME = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:]+$")
+TAG_OR_KEY = re.compile(r"^[\w\-\s\.]+$")
+
+_ADJECTIVES = (
+    "able",
+    "amber",
+    "ancient",
+    "azure",
+    "bold",
+    "brave",
+    "brisk",
+    "calm",
+    "clever",
+    "cosmic",
+    "crisp",
+    "curious",
+    "daring",
+    "deep",
+    "eager",
+    "early",
+    "electric",
+    "fair",
+    "fast",
+    "fierce",
+    "fluent",
+    "frosty",
+    "gentle",
+    "giant",
+    "golden",
+    "grand",
+    "happy",
+    "hidden",
+    "humble",
+    "icy",
+    "jolly",
+    "keen",
+    "kind",
+    "lively",
+    "lucid",
+    "lunar",
+    "merry",
+    "mighty",
+    "misty",
+    "modest",
+    "noble",
+    "odd",
+    "olive",
+    "patient",
+    "plucky",
+    "polar",
+    "proud",
+    "quick",
+    "quiet",
+    "rapid",
+    "rare",
+    "regal",
+    "rosy",
+    "rustic",
+    "serene",
+    "sharp",
+    "shiny",
+    "silent",
+    "silver",
+    "sleek",
+    "smooth",
+    "solar",
+    "steady",
+    "stellar",
+    "stormy",
+    "sunny",
+    "swift",
+    "tidy",
+    "tranquil",
+    "vast",
+    "vivid",
+    "warm",
+    "wild",
+    "wise",
+    "witty",
+    "young",
+    "zesty",
+)
+_NOUNS = (
+    "albatross",
+    "anvil",
+    "aurora",
+    "badger",
+    "beacon",
+    "bison",
+    "canyon",
+    "comet",
+    "condor",
+    "coral",
+    "crater",
+    "delta",
+    "dune",
+    "eagle",
+    "ember",
+    "falcon",
+    "fjord",
+    "fox",
+    "galaxy",
+    "geyser",
+    "glacier",
+    "gorge",
+    "harbor",
+    "hawk",
+    "heron",
+    "horizon",
+    "ibis",
+    "island",
+    "jaguar",
+    "kestrel",
+    "lagoon",
+    "lantern",
+    "lynx",
+    "magnet",
+    "marmot",
+    "meadow",
+    "meteor",
+    "nebula",
+    "newt",
+    "oasis",
+    "orbit",
+    "otter",
+    "owl",
+    "panda",
+    "pebble",
+    "pulsar",
+    "quasar",
+    "quokka",
+    "raven",
+    "reef",
+    "river",
+    "saturn",
+    "sequoia",
+    "sparrow",
+    "summit",
+    "tapir",
+    "tide",
+    "tundra",
+    "valley",
+    "vortex",
+    "walrus",
+    "willow",
+    "wombat",
+    "yak",
+    "zephyr",
+)
+
+
+def generate_name() -> str:
+    """A random adjective-noun name, like the official client's."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}"
+
+
+def check_run_name(name: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.match(name):
+        raise ConfigurationError(f"name {name!r} may only contain letters, digits, spaces and - _ / . :")
+    return name
+
+
+def check_folder(folder: str) -> str:
+    if not isinstance(folder, str) or not folder.startswith("/"):
+        raise ConfigurationError(f"folder {folder!r} must be a path starting with '/'")
+    if "//" in folder or any(not RUN_NAME.match(part) for part in folder.strip("/").split("/") if part):
+        raise ConfigurationError(f"folder {folder!r}: each part may only contain letters, digits, spaces and - _ . :")
+    return folder.rstrip("/") or "/"
+
+
+def check_tags(tags: Any, field: str = "tags") -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise ConfigurationError(f"{field} must be a list of strings")
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG_OR_KEY.match(tag):
+            raise ConfigurationError(f"{field}: {tag!r} may only contain letters, digits, spaces and - _ .")
+    return list(tags)
+
+
+def check_metadata(metadata: Any, field: str = "metadata") -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ConfigurationError(f"{field} must be a mapping of string keys to values")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not TAG_OR_KEY.match(key):
+            raise ConfigurationError(f"{field}: key {key!r} may only contain letters, digits, spaces and - _ .")
+        if not isinstance(value, (str, int, float, bool, type(None), list, dict)):
+            raise ConfigurationError(
+                f"{field}[{key!r}]: values must be str, int, float, bool, None, list or dict, "
+                f"not {type(value).__name__}"
+            )
+    return dict(metadata)
