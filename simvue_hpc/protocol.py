@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from enum import IntEnum
 from typing import Any, ClassVar, Union
@@ -71,7 +71,7 @@ class Message:
     """Base of all messages; subclasses are frozen dataclasses whose fields are the body's keys."""
 
     TYPE: ClassVar[MsgType]
-    _checks: ClassVar[tuple[tuple[str, tuple[type, ...], bool], ...]] = ()
+    _checks: ClassVar[tuple[tuple[str, Callable[[Any], bool], str], ...]] = ()
 
     def body(self) -> dict[str, Any]:
         """The msgpack body, keys in declaration order (the order C encoders must follow)."""
@@ -366,30 +366,51 @@ def _le_bytes(array: np.ndarray, dtype: np.dtype[Any]) -> memoryview:
 
 
 # --- field checking: derived once from the dataclass annotations ---------------------------------------
-def _runtime_types(hint: Any) -> tuple[tuple[type, ...], bool]:
-    """The runtime types accepted for an annotation, and whether None is allowed."""
+Check = Callable[[Any], bool]
+
+
+def _accept_any(value: Any) -> bool:
+    return True
+
+
+def _validator(hint: Any) -> Check:
+    """A predicate that accepts exactly the decoded msgpack values of annotation ``hint``.
+
+    Containers are checked element by element (``dict[str, list[str]]`` rejects ``{"x": 5}``), and a
+    bool is never accepted where an int or float is declared, although Python counts it as one."""
     origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        accepted: list[type] = []
-        nullable = False
-        for arg in typing.get_args(hint):
-            if arg is type(None):
-                nullable = True
-            else:
-                accepted.extend(_runtime_types(arg)[0])
-        return tuple(accepted), nullable
-    if origin is not None:
-        return (origin,), False
+        options = tuple(_validator(arg) for arg in args)
+        return lambda v: any(ok(v) for ok in options)
+    if hint is Any:
+        return _accept_any
+    if hint is type(None):
+        return lambda v: v is None
+    if origin is list:
+        item = _validator(args[0]) if args else _accept_any
+        return lambda v: isinstance(v, list) and all(item(x) for x in v)
+    if origin is dict:
+        key = _validator(args[0]) if args else _accept_any
+        val = _validator(args[1]) if args else _accept_any
+        return lambda v: isinstance(v, dict) and all(key(k) and val(x) for k, x in v.items())
+    if hint is bool:
+        return lambda v: isinstance(v, bool)
     if hint is float:
-        return (float, int), False
-    return (hint,), False
+        return lambda v: isinstance(v, (float, int)) and not isinstance(v, bool)
+    runtime = origin if origin is not None else hint
+    return lambda v: isinstance(v, runtime) and not isinstance(v, bool)
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _install_checks() -> None:
     for cls in MESSAGE_TYPES.values():
         hints = typing.get_type_hints(cls)
         cls._checks = tuple(
-            (f.name, *_runtime_types(hints[f.name]))
+            (f.name, _validator(hints[f.name]), _type_name(hints[f.name]))
             for f in fields(cls)  # type: ignore[arg-type]
         )
 
@@ -397,16 +418,12 @@ def _install_checks() -> None:
 def _checked(cls: type[Message], body: dict[str, Any]) -> dict[str, Any]:
     """Body restricted to the declared fields, each of its declared type; ProtocolError otherwise."""
     out: dict[str, Any] = {}
-    for name, accepted, nullable in cls._checks:
+    for name, ok, expected in cls._checks:
         if name not in body:
-            continue  # a missing field with no default fails in the constructor below
+            continue  # a missing field with no default fails below
         value = body[name]
-        if value is None and nullable:
-            out[name] = None
-            continue
-        bad_bool = isinstance(value, bool) and bool not in accepted
-        if bad_bool or not isinstance(value, accepted):
-            raise ProtocolError(f"{cls.TYPE.name}.{name} has type {type(value).__name__}")
+        if not ok(value):
+            raise ProtocolError(f"{cls.TYPE.name}.{name} has type {type(value).__name__}, expected {expected}")
         out[name] = value
     # Unknown keys are ignored, so a newer sender of the same version may add optional fields.
     required = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import re
 import socket
@@ -34,7 +35,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +82,34 @@ def check_metric_name(name: object) -> str:
 
 
 def _coerce(name: str, value: Any) -> float:
-    """Slow path of ``log``: bools and numpy scalars are accepted, anything else is an error."""
-    if isinstance(value, Real) and not isinstance(value, complex):
+    """Slow path of ``log``: bools and numpy numbers are accepted, anything else is an error."""
+    if isinstance(value, (bool, np.bool_, np.integer, np.floating)):
         return float(value)
-    if isinstance(value, np.generic) and np.issubdtype(value.dtype, np.number):
-        if np.iscomplexobj(value):
-            raise ConfigurationError(f"metric {name!r}: value must be a real number, got complex {value!r}")
+    if isinstance(value, (int, float)):  # subclasses of int and float
         return float(value)
     raise ConfigurationError(
         f"metric {name!r}: value must be a real number (int, float or bool), got {type(value).__name__} {value!r}"
     )
+
+
+def _new_columns() -> tuple[list[int], list[float], list[int]]:
+    """Empty buffer columns: name ids and values per point; (step, time, points) per call."""
+    return [], [], []
+
+
+def _float_column(values: list[float]) -> np.ndarray:
+    """Values as float64; ints too large for a float become +-inf rather than an error."""
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:
+        return np.array([_safe_float(v) for v in values], dtype=np.float64)
+
+
+def _safe_float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 @dataclass
@@ -121,11 +139,8 @@ class Worker:
         self._space = threading.Condition(self._lock)
         self._name_ids: dict[str, int] = {}
         self._names: list[str] = []
-        self._ids: list[int] = []
-        self._vals: list[float] = []
-        self._steps: list[int] = []
-        self._times: list[int] = []
-        self._counts: list[int] = []
+        self._ids, self._vals, self._calls = _new_columns()
+        self._name_id = self._name_ids.__getitem__
         self._next_step = 0
         self._armed = False
         self._queued_points = 0  # taken from the lists, not yet accepted by ZeroMQ
@@ -187,36 +202,46 @@ class Worker:
             raise ConfigurationError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
         if step is not None and (step.__class__ is not int or step < 0):
             step = self._check_step(step)
-        with self._lock:
+        lock = self._lock
+        n0: int | None = None
+        lock.acquire()
+        try:
             if self._closing:
                 raise SimvueHPCError("this run is closed")
-            full = self._dropping or len(self._vals) + self._queued_points + len(metrics) > self._max_points
-            if full and not self._make_room(metrics):
-                return
-            ids = self._ids
             vals = self._vals
             n0 = len(vals)
-            try:
-                for name, value in metrics.items():
-                    i = self._name_ids.get(name)
-                    if i is None:
-                        i = self._new_name(name)
-                    if value.__class__ is not float and value.__class__ is not int:
-                        value = _coerce(name, value)
-                    ids.append(i)
-                    vals.append(value)
-            except BaseException:
-                del ids[n0:]
-                del vals[n0:]
-                raise
+            if self._dropping or n0 + self._queued_points + len(metrics) > self._max_points:
+                if not self._make_room(metrics):
+                    return
+                vals = self._vals
+                n0 = len(vals)
+            ids = self._ids
+            get = self._name_ids.get
+            name: Any = None
+            for name, value in metrics.items():
+                i = get(name)
+                if i is None:
+                    i = self._new_name(name)
+                if value.__class__ is not float and value.__class__ is not int:
+                    value = _coerce(name, value)
+                ids.append(i)
+                vals.append(value)
             if step is None:
                 step = self._next_step
             self._next_step = step + 1
-            self._steps.append(step)
-            self._times.append(t)
-            self._counts.append(len(vals) - n0)
-            wake = not self._armed or len(vals) >= self._batch_points
+            n = len(vals)
+            self._calls.extend((step, t, n - n0))
+            # Wake the I/O thread once per batch: when the buffer stops being empty, and when
+            # it crosses batch_points (not on every call past it: each wake is a syscall).
+            wake = not self._armed or n0 < self._batch_points <= n
             self._armed = True
+        except BaseException:  # an invalid name or value: the call's points are undone, all or nothing
+            if n0 is not None:
+                del self._ids[n0:]
+                del self._vals[n0:]
+            raise
+        finally:
+            lock.release()
         if wake:
             self._wake()
 
@@ -420,14 +445,15 @@ class Worker:
     def _take_batch(self) -> None:
         """Move the lists into one METRICS message (numpy columns) at the end of the outbox."""
         with self._lock:
-            ids, vals, steps, times, counts = self._ids, self._vals, self._steps, self._times, self._counts
-            self._ids, self._vals, self._steps, self._times, self._counts = [], [], [], [], []
+            ids, vals, calls = self._ids, self._vals, self._calls
+            self._ids, self._vals, self._calls = _new_columns()
             self._armed = False
             self._queued_points += len(vals)
             names = self._names[:]
         if not vals:
             return
-        n_per_call = np.array(counts, dtype=np.int64)
+        per_call = np.array(calls, dtype=np.int64).reshape(-1, 3)
+        n_per_call = per_call[:, 2]
         id_col = np.array(ids, dtype=np.uint32)
         if len(names) > 64:
             used, inverse = np.unique(id_col, return_inverse=True)
@@ -436,9 +462,9 @@ class Worker:
         batch = MetricBatch(
             names=names,
             name_id=id_col,
-            step=np.repeat(np.array(steps, dtype=np.int64), n_per_call),
-            time_ns=np.repeat(np.array(times, dtype=np.int64), n_per_call),
-            value=np.array(vals, dtype=np.float64),
+            step=np.repeat(per_call[:, 0], n_per_call),
+            time_ns=np.repeat(per_call[:, 1], n_per_call),
+            value=_float_column(vals),
         )
         self._enqueue(batch, len(vals), False)
 
