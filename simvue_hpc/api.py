@@ -242,9 +242,18 @@ class Simvue:
     # ------------------------------------------------------------------------------------------ close
     def close(self) -> bool:
         """Flush and leave the run; on the host, wait for the other ranks (bounded) and end it."""
+        global _closing
         if self._closed or self._worker is None:
             return False
         self._closed = True
+        _closing += 1
+        try:
+            return self._close()
+        finally:
+            _closing -= 1
+
+    def _close(self) -> bool:
+        assert self._worker is not None
         acknowledged = self._worker.close()
         if self._host is not None:
             self.status = self._host.wait(self._settings.close_timeout + 10)
@@ -360,6 +369,7 @@ def job_info(placement: roles.Placement, settings: HPCSettings) -> dict[str, Any
 
 # ---------------------------------------------------------------------------------------------- process hooks
 _hooks_installed = False
+_closing = 0  # closes under way in this process
 
 
 def _register(run: Simvue, child: bool = False) -> None:
@@ -388,6 +398,9 @@ def _close_all() -> None:
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     # Unwind the main thread so the process's exit handlers flush the buffer and say goodbye.
+    # A close already under way (the process is exiting) is bounded: let it finish.
+    if _closing:
+        return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)
 

@@ -421,10 +421,12 @@ class AggregatorState:
                 now - metric.first_seen >= self.config.step_timeout
             ):
                 metric.settled = True
+        if not metric.settled:
+            # Even with no live contributor left (all closed or lost): a rank that has not joined
+            # or not logged the metric yet may still send points for any of its steps.
+            return INT64_MIN
         if not live:
             return INT64_MAX
-        if not metric.settled:
-            return INT64_MIN
         low = min(p.progress for p in live)
         return low - 1 if low > INT64_MIN else INT64_MIN
 

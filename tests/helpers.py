@@ -1,0 +1,60 @@
+"""Helpers shared by integration tests: read the one run in a store, compute expected reductions."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from simvue_hpc.store import RunView, list_runs
+
+Point = tuple[str, int, float]  # metric, step, value
+
+
+def only_run(root: Path) -> RunView:
+    runs = list_runs(root)
+    assert len(runs) == 1, f"expected one run in {root}, found {[r.name for r in runs]}"
+    return runs[0]
+
+
+def series(run: RunView, name: str) -> dict[int, float]:
+    """A stored metric as {step: value}; fails if a step is stored twice."""
+    s = run.metrics[name]
+    out: dict[int, float] = {}
+    for step, value in zip(s.step.tolist(), s.value.tolist(), strict=True):
+        assert step not in out, f"{name}: step {step} stored twice"
+        out[step] = value
+    return out
+
+
+def expected(points_by_rank: Iterable[Iterable[Point]]) -> dict[str, dict[int, float]]:
+    """What the store must hold by default: a metric from one rank as is; from several, its mean
+    with .min and .max companions per step."""
+    values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ranks: dict[str, set[int]] = defaultdict(set)
+    for rank, points in enumerate(points_by_rank):
+        for metric, step, value in points:
+            values[metric][step].append(value)
+            ranks[metric].add(rank)
+    out: dict[str, dict[int, float]] = {}
+    for metric, steps in values.items():
+        if len(ranks[metric]) == 1:
+            out[metric] = {s: v[0] for s, v in steps.items()}
+            continue
+        out[metric] = {s: math.fsum(v) / len(v) for s, v in steps.items()}
+        out[f"{metric}.min"] = {s: min(v) for s, v in steps.items()}
+        out[f"{metric}.max"] = {s: max(v) for s, v in steps.items()}
+    return out
+
+
+def assert_store_matches(run: RunView, want: dict[str, dict[int, float]]) -> None:
+    assert set(run.metrics) == set(want), f"stored {sorted(run.metrics)}, expected {sorted(want)}"
+    for name, steps in want.items():
+        got = series(run, name)
+        assert sorted(got) == sorted(steps), f"{name}: steps differ"
+        np.testing.assert_allclose([got[s] for s in sorted(steps)], [steps[s] for s in sorted(steps)],
+                                   rtol=1e-12, atol=1e-12, err_msg=name)  # fmt: skip
+        assert run.metrics[name].late == 0, f"{name}: late points"

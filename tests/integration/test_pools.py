@@ -1,0 +1,161 @@
+"""Pool children, executor workers and plain child processes logging into their parent's run."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import simvue_hpc
+from simvue_hpc import Simvue
+from tests.helpers import assert_store_matches, expected, only_run
+
+WORKERS = 4
+STEPS = 50
+_run: Simvue | None = None  # the parent's run, inherited by forked children
+_barrier: Any = None
+
+
+def value(task: int, step: int) -> float:
+    return (task + 1) * 1.5 + step * 0.125 - (task * step) % 7
+
+
+def task_points(task: int) -> list[tuple[str, int, float]]:
+    return [("u", step, value(task, step)) for step in range(STEPS)]
+
+
+def _log_task(task: int, run: Simvue) -> int:
+    _barrier.wait(timeout=60)  # every task in its own process, all at once
+    for metric, step, v in task_points(task):
+        run.log({metric: v}, step=step)
+    run.event(f"task {task} done")
+    return os.getpid()
+
+
+def forked_task(task: int) -> int:
+    assert _run is not None
+    return _log_task(task, _run)
+
+
+def spawned_task(task: int) -> int:
+    return _log_task(task, simvue_hpc.current_run())
+
+
+def _init_spawned(barrier: Any) -> None:
+    global _barrier
+    _barrier = barrier
+    simvue_hpc.init_worker()
+
+
+def check_pool_run(root: Path, pids: list[int]) -> None:
+    assert len(set(pids)) == WORKERS, "each task ran in its own process"
+    view = only_run(root)
+    assert view.status == "completed"
+    assert_store_matches(view, expected(task_points(t) for t in range(WORKERS)))
+    assert sorted(e["message"] for e in view.events) == [f"task {t} done" for t in range(WORKERS)]
+    children = {r: v for r, v in view.ranks.items() if r != 0}
+    assert len(children) == WORKERS and {v["pid"] for v in children.values()} == set(pids)
+    assert all(v["state"] == "closed" for v in view.ranks.values()), view.ranks
+    assert sum(v["received_points"] for v in children.values()) == WORKERS * STEPS
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_fork_pool_logs_into_parent_run(store: Path, mode: str) -> None:
+    global _run, _barrier
+    ctx = mp.get_context("fork")
+    _barrier = ctx.Barrier(WORKERS)
+    _run = Simvue(aggregator=mode)
+    _run.init(name="pool-fork")
+    with ctx.Pool(WORKERS) as pool:  # __exit__ terminates the workers: they must flush on SIGTERM
+        pids = pool.map(forked_task, range(WORKERS))
+    _run.close()
+    check_pool_run(store, pids)
+
+
+def test_spawn_pool_with_initializer(store: Path) -> None:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(WORKERS)
+    run = Simvue()
+    run.init(name="pool-spawn")
+    with ctx.Pool(WORKERS, initializer=_init_spawned, initargs=(barrier,)) as pool:
+        pids = pool.map(spawned_task, range(WORKERS))
+        pool.close()
+        pool.join()
+    run.close()
+    check_pool_run(store, pids)
+
+
+def test_process_pool_executor(store: Path) -> None:
+    global _run, _barrier
+    ctx = mp.get_context("fork")
+    _barrier = ctx.Barrier(WORKERS)
+    _run = Simvue()
+    _run.init(name="executor")
+    with ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
+        pids = list(ex.map(forked_task, range(WORKERS)))
+    _run.close()
+    check_pool_run(store, pids)
+
+
+def _logger_then_wait(ready: Any) -> None:
+    assert _run is not None
+    for step in range(100):
+        _run.log({"k": float(step)})
+    time.sleep(0.3)  # the batch leaves within flush_interval
+    ready.set()
+    time.sleep(600)
+
+
+def test_worker_killed_with_sigkill_is_recorded_lost(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    global _run
+    monkeypatch.setenv("SIMVUE_HPC_RANK_TIMEOUT", "2")
+    ctx = mp.get_context("fork")
+    _run = Simvue()
+    _run.init(name="killed")
+    ready = ctx.Event()
+    child = ctx.Process(target=_logger_then_wait, args=(ready,))
+    child.start()
+    assert ready.wait(30)
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join()
+    _run.log({"k": 1000.0}, step=1000)
+    _run.close()  # returns once the dead rank has been silent for rank_timeout
+    view = only_run(store)
+    assert view.status == "completed"
+    states = {r: v["state"] for r, v in view.ranks.items()}
+    assert states[0] == "closed" and states[1] == "lost", view.ranks
+    assert any("rank 1" in e["message"] and "lost" in e["message"] for e in view.events)
+    assert view.end is not None and view.end["lost_ranks"] == [1]
+    assert len(view.metrics["k"].step) == 101  # what the killed rank sent before dying is kept
+
+
+def _burst_and_exit(n: int) -> None:
+    run = simvue_hpc.attach()
+    for i in range(n):
+        run.log({"p": float(i)}, step=i)
+    run.close()
+    os._exit(0)  # no interpreter teardown: the acknowledged goodbye is all that protects the data
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_nothing_lost_when_workers_exit_right_after_close(store: Path, transport: str) -> None:
+    n, procs = 20_000, 6
+    ctx = mp.get_context("spawn")
+    with Simvue(transport=transport, reductions={"p": ["mean", "count"]}) as run:
+        run.init(name=f"burst-{transport}")
+        children = [ctx.Process(target=_burst_and_exit, args=(n,)) for _ in range(procs)]
+        for c in children:
+            c.start()
+        for c in children:
+            c.join(120)
+            assert c.exitcode == 0
+    view = only_run(store)
+    counts = view.metrics["p.count"].value
+    assert len(counts) == n and counts.sum() == n * procs
+    assert view.end is not None and view.end["counters"]["points_received"] == n * procs
