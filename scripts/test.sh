@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up a virtual environment on a fresh machine and run every check CI runs:
+# lint, types, the test suite (unit, real ZeroMQ, real mpiexec, the test Simvue server)
+# and a smoke run of the benchmarks at tiny sizes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+export PATH="$PWD/.venv/bin:$PATH"   # the mpich wheel's mpiexec
+echo "== ruff"; ruff check . && ruff format --check .
+echo "== mypy"; mypy
+echo "== pytest"; python -m pytest -q -p no:cacheprovider
+if [ -f benchmarks/run_all.sh ]; then echo "== benchmarks (smoke)"; bash benchmarks/run_all.sh --quick; fi
