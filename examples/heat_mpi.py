@@ -57,6 +57,7 @@ def main() -> None:
                 run.log({"global_residual": global_residual}, step=step)
                 logged.append(("global_residual", step, global_residual))
         run.event(f"rank {rank} finished {args.steps} steps")
+        run.save(__file__, "code")  # every rank saves the same bytes: the run stores them once
         if rank == 0:
             out = Path(f"heat_{size}.npy")
             np.save(out, u)

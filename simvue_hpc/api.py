@@ -179,7 +179,7 @@ class Simvue:
         w = self._worker
         if w is None or os.environ.get(roles.ENDPOINT_VAR) == w.endpoint:
             return
-        values = {roles.ENDPOINT_VAR: w.endpoint, roles.SECRET_VAR: w._hello.secret, roles.RUN_VAR: w.run_id,
+        values = {roles.ENDPOINT_VAR: w.endpoint, roles.SECRET_VAR: w.secret, roles.RUN_VAR: w.run_id,
                   roles.OWNER_VAR: "parent"}  # fmt: skip
         for key, value in values.items():
             self._exported[key] = os.environ.get(key)
@@ -254,7 +254,11 @@ class Simvue:
 
     def _close(self) -> bool:
         assert self._worker is not None
-        acknowledged = self._worker.close()
+        # An aggregator that already died will not acknowledge: do not wait for it.
+        dead = self._host is not None and not self._host.alive()
+        acknowledged = self._worker.close(timeout=1.0 if dead else None)
+        if dead:
+            log.error("the aggregator of run %s died; what it had not stored is lost", self._worker.run_id)
         if self._host is not None:
             self.status = self._host.wait(self._settings.close_timeout + 10)
             self._host = None
@@ -398,8 +402,9 @@ def _close_all() -> None:
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     # Unwind the main thread so the process's exit handlers flush the buffer and say goodbye.
-    # A close already under way (the process is exiting) is bounded: let it finish.
-    if _closing:
+    # A close under way, or a multiprocessing child already running its exit finalizers (ours
+    # among them), is exiting anyway and bounded: raising here would abort the flush.
+    if _closing or getattr(multiprocessing.util, "_exiting", False):
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)

@@ -163,6 +163,10 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
+    @property
+    def secret(self) -> str:
+        return self._hello.secret
+
     # ------------------------------------------------------------------------------------------ start
     def start(self) -> Welcome:
         """Handshake with the aggregator, then start the I/O thread."""

@@ -223,6 +223,9 @@ class ThreadHost:
         except Exception:
             log.exception("the simvue_hpc aggregator failed")
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def wait(self, timeout: float) -> str | None:
         """The final status once the run is over; None if still running after ``timeout``."""
         self._thread.join(timeout)
@@ -254,6 +257,9 @@ class ProcessHost:
             reason = answer.get("error") if answer else f"no answer within {start_timeout} s"
             raise TransportError(f"the aggregator process did not start: {reason}")
         self.endpoint: str = answer["endpoint"]
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
 
     def wait(self, timeout: float) -> str | None:
         """The final status once the child has exited; None if it had to be stopped."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max
 LIVE, CLOSED, LOST = "live", "closed", "lost"
+SHA256 = re.compile(r"[0-9a-f]{64}")  # what the store accepts as a file's name
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -540,7 +542,9 @@ class AggregatorState:
 
     def _file_offer(self, peer: _Peer, offer: FileOffer, out: list[Action]) -> None:
         sha = offer.sha256
-        if sha in self._files:
+        if not SHA256.fullmatch(sha):
+            out.append(Reply(peer.identity, FileReply(sha, "error", "sha256 must be 64 lowercase hex digits")))
+        elif sha in self._files:
             self._file_record(offer, peer.rank, peer.host, out)
             out.append(Reply(peer.identity, FileReply(sha, "stored")))
         elif sha in self._transfers:

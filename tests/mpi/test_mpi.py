@@ -37,7 +37,10 @@ def check(store: Path, raw: Path, n: int, steps: int) -> None:
     assert all(v["state"] == "closed" for v in view.ranks.values())
     assert view.job["ranks"] == n
     assert sorted(e["message"] for e in view.events) == sorted(f"rank {r} finished {steps} steps" for r in range(n))
-    assert [f["name"] for f in view.files] == [f"heat_{n}.npy"]
+    assert sorted((f["name"], f["category"]) for f in view.files) == sorted(
+        [("heat_mpi.py", "code"), (f"heat_{n}.npy", "output")]
+    )
+    assert len(list((view.run_dir / "files").iterdir())) == 2
 
 
 @pytest.mark.parametrize("n", [1, 4])
