@@ -135,9 +135,7 @@ def test_show(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert line in out.splitlines(), line
     metric_lines = {
-        line.split()[0]: line.split()
-        for line in out.splitlines()
-        if line.startswith("  l") or line.startswith("  a")
+        line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  l") or line.startswith("  a")
     }
     assert metric_lines["loss"] == ["loss", "4", "0..3", "-1", "2.5", "0.75", "2"]
     assert metric_lines["acc"] == ["acc", "2", "0..1", "0.1", "0.1", "nan"]
@@ -162,9 +160,7 @@ def test_show_by_id_prefix_of_a_bare_run(root: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("key", ["nope", "AAAA", ""])
-def test_show_of_an_unknown_or_ambiguous_run(
-    root: Path, capsys: pytest.CaptureFixture[str], key: str
-) -> None:
+def test_show_of_an_unknown_or_ambiguous_run(root: Path, capsys: pytest.CaptureFixture[str], key: str) -> None:
     if key == "AAAA":
         RunWriter.create(root, "AAAAother000000000000").close()
     assert main(["--root", str(root), "show", key]) == 1

@@ -159,16 +159,12 @@ def test_metrics_late_flag_lists_and_empty_records(tmp_path: Path) -> None:
         late, {"names": ["m"], "name_id": [0, 0], "step": [1, 2], "time_us": [T0] * 2, "value": [1, 2]}
     )
     assert len(empty["step"]) == 0 and empty["names"] == []
-    _assert_columns_equal(
-        small, {"names": ["a", "b"], "name_id": [1], "step": [5], "time_us": [T0], "value": [3.0]}
-    )
+    _assert_columns_equal(small, {"names": ["a", "b"], "name_id": [1], "step": [5], "time_us": [T0], "value": [3.0]})
 
 
 def test_raw_metrics_payload_through_append(tmp_path: Path) -> None:
     cols = _metrics()
-    payload = {
-        k: (v if k == "names" else v.astype(store._METRIC_COLUMNS[k]).tobytes()) for k, v in cols.items()
-    }
+    payload = {k: (v if k == "names" else v.astype(store._METRIC_COLUMNS[k]).tobytes()) for k, v in cols.items()}
     with RunWriter.create(tmp_path, "r") as w:
         w.append(RecordType.METRICS, payload)
         with pytest.raises(ConfigurationError, match="METRICS"):
@@ -399,9 +395,7 @@ def _metric_columns(draw: st.DrawFn) -> tuple[RecordType, dict[str, Any]]:
     ints = st.integers(I64.min, I64.max)
     return RecordType.METRICS, {
         "names": names,
-        "name_id": np.array(
-            draw(st.lists(st.integers(0, len(names) - 1), min_size=n, max_size=n)), dtype=np.uint32
-        ),
+        "name_id": np.array(draw(st.lists(st.integers(0, len(names) - 1), min_size=n, max_size=n)), dtype=np.uint32),
         "step": np.array(draw(st.lists(ints, min_size=n, max_size=n)), dtype=np.int64),
         "time_us": np.array(draw(st.lists(ints, min_size=n, max_size=n)), dtype=np.int64),
         "value": np.array(draw(st.lists(st.floats(), min_size=n, max_size=n)), dtype=np.float64),
@@ -411,9 +405,7 @@ def _metric_columns(draw: st.DrawFn) -> tuple[RecordType, dict[str, Any]]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_plain | _metric_columns(), max_size=15), st.integers(1, 4))
-def test_random_record_sequences_round_trip(
-    records: list[tuple[RecordType, dict[str, Any]]], flush_every: int
-) -> None:
+def test_random_record_sequences_round_trip(records: list[tuple[RecordType, dict[str, Any]]], flush_every: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with RunWriter.create(tmp, "r") as w:
             for i, (rtype, payload) in enumerate(records):
@@ -566,9 +558,7 @@ def test_load_run_of_a_run_without_records(tmp_path: Path) -> None:
 
 def _make_run(root: Path, run_id: str, name: str, created_us: int) -> None:
     with RunWriter.create(root, run_id) as w:
-        w.append(
-            RecordType.RUN, {**PAYLOADS[RecordType.RUN], "id": run_id, "name": name, "created_us": created_us}
-        )
+        w.append(RecordType.RUN, {**PAYLOADS[RecordType.RUN], "id": run_id, "name": name, "created_us": created_us})
 
 
 def test_list_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
