@@ -201,9 +201,24 @@ def check_metadata(metadata: Any, field: str = "metadata") -> dict[str, Any]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not TAG_OR_KEY.match(key):
             raise ConfigurationError(f"{field}: key {key!r} may only contain letters, digits, spaces and - _ .")
-        if not isinstance(value, (str, int, float, bool, type(None), list, dict)):
-            raise ConfigurationError(
-                f"{field}[{key!r}]: values must be str, int, float, bool, None, list or dict, "
-                f"not {type(value).__name__}"
-            )
+        _check_json_like(value, f"{field}[{key!r}]")
     return dict(metadata)
+
+
+def _check_json_like(value: Any, where: str) -> None:
+    """Metadata travels as msgpack and ends up as JSON: str keys, JSON-like values only."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json_like(item, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(f"{where}: keys must be strings, got {type(key).__name__} {key!r}")
+            _check_json_like(item, f"{where}[{key!r}]")
+        return
+    raise ConfigurationError(
+        f"{where}: values must be str, int, float, bool, None, list or dict, not {type(value).__name__}"
+    )

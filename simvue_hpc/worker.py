@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__, transport
 from .config import HPCSettings
-from .errors import AggregatorUnreachable, ConfigurationError, SimvueHPCError, TransportError
+from .errors import AggregatorUnreachable, ConfigurationError, ProtocolError, SimvueHPCError, TransportError
 from .protocol import (
     FileChunk,
     FileOffer,
@@ -185,7 +185,11 @@ class Worker:
             frames = transport.recv(self._sock)
             if frames is None:
                 continue
-            _, reply = decode(frames)
+            try:
+                _, reply = decode(frames)
+            except ProtocolError as exc:
+                self._shutdown_socket()
+                raise TransportError(f"the aggregator at {self.endpoint} speaks another protocol: {exc}") from None
             if isinstance(reply, Welcome):
                 break
             if isinstance(reply, Reject):

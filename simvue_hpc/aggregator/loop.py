@@ -136,7 +136,13 @@ class AggregatorService:
                         except ProtocolError as exc:
                             self._perform(state, state.protocol_error(identity, str(exc)))
                             continue
-                        self._perform(state, state.handle(identity, seq, message, now))
+                        try:
+                            self._perform(state, state.handle(identity, seq, message, now))
+                        except (StoreError, OSError):
+                            raise  # the store is broken: nothing more can be kept
+                        except Exception as exc:  # one bad message must not end the run for everyone
+                            log.exception("message %s from %r could not be applied", type(message).__name__, identity)
+                            self._perform(state, state.protocol_error(identity, f"{type(exc).__name__}: {exc}"))
                 if control_fd is not None and control_fd in events and not _read_or_eof(control_fd):
                     log.info("the host process is gone; closing once the other ranks have")
                     poller.unregister(control_fd)
@@ -192,7 +198,7 @@ class AggregatorService:
                 return
             del self._sinks[action.sha256]
             sink.commit()
-        except StoreError as exc:
+        except (StoreError, ValueError) as exc:
             self._sinks.pop(action.sha256, None)
             self._perform(state, state.file_done(action.sha256, False, str(exc)))
             return

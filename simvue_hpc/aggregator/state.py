@@ -166,6 +166,7 @@ class _Transfer:
     rank: int
     host: str
     offset: int = 0
+    complete: bool = False  # the final chunk has come; the commit is under way
     waiters: list[tuple[bytes, FileOffer, int, str]] = field(default_factory=list)
 
 
@@ -355,6 +356,8 @@ class AggregatorState:
         old = self._peers.pop(identity, None)
         if old is not None:
             self._ranks.pop(old.rank, None)
+        if existing is not None:  # the rank reconnected after closing or being lost: forget the old link
+            self._peers.pop(existing.identity, None)
         self._peers[identity] = peer
         self._ranks[rank] = peer
         self._rejected.discard(identity)
@@ -522,6 +525,9 @@ class AggregatorState:
         ))  # fmt: skip
 
     def _goodbye(self, peer: _Peer, msg: Goodbye, now: float, out: list[Action]) -> None:
+        if peer.state == CLOSED:  # a repeated goodbye: acknowledge again, count nothing twice
+            out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
+            return
         peer.state = CLOSED
         peer.sent_points = msg.sent_points
         peer.dropped_points = msg.dropped_points
@@ -558,13 +564,18 @@ class AggregatorState:
         if transfer is None or transfer.owner != peer.identity:
             out.append(Reply(peer.identity, FileReply(chunk.sha256, "error", "no transfer of this file is open")))
             return
-        if chunk.offset != transfer.offset or transfer.offset + len(chunk.data) > transfer.offer.size:
+        if (
+            transfer.complete
+            or chunk.offset != transfer.offset
+            or transfer.offset + len(chunk.data) > transfer.offer.size
+        ):
             out.append(FileDiscard(chunk.sha256))
             out.append(Reply(peer.identity, FileReply(chunk.sha256, "error", "chunk out of order or past the size")))
             del self._transfers[chunk.sha256]
             self._promote_waiter(transfer, out)
             return
         transfer.offset += len(chunk.data)
+        transfer.complete = chunk.final
         out.append(FileWrite(chunk.sha256, chunk.offset, chunk.data, chunk.final))
 
     def _promote_waiter(self, transfer: _Transfer, out: list[Action]) -> None:

@@ -1046,3 +1046,39 @@ def test_offer_of_a_malformed_sha256_is_an_error(sha: str) -> None:
     (msg,) = replies(h.send(ident(0), FileChunk(sha, 0, True, b"abcdef")), 0)
     assert isinstance(msg, FileReply) and msg.status == "error"
     assert not any(isinstance(a, FileWrite) for a in h.actions)
+
+
+# --------------------------------------------------------------------------------------------- robustness
+def test_a_rank_back_from_lost_on_a_new_link_is_not_listed_lost_at_the_end() -> None:
+    h = Harness(rank_timeout=5.0, close_timeout=100.0)
+    joined(h, 0, 1)
+    h.tick(6.0)  # both lost
+    h.hello(1, who=b"new")
+    h.send(ident(0), Heartbeat(0, 0, 0))  # rank 0 speaks again on its old link
+    h.send(b"new", Goodbye(0, 0, {}))
+    out = h.goodbye(0)
+    out += h.tick()
+    (end,) = records(out, RecordType.END)
+    assert end["lost_ranks"] == [] and end["missing_ranks"] == []
+    assert finishes(out) == ["completed"]
+
+
+def test_a_repeated_goodbye_is_acknowledged_and_counted_once() -> None:
+    h = Harness()
+    joined(h, 0, 1)
+    h.log(1, [("x", 0, 1.0)])
+    h.goodbye(1, dropped={"x": 3})
+    out = h.goodbye(1, dropped={"x": 3})
+    assert replies(out, 1) == [GoodbyeAck(1)]
+    assert records(out, RecordType.RANK) == [] and events(out) == []
+    assert h.state.counters["dropped_points"] == 3
+
+
+def test_a_chunk_after_the_final_one_is_an_error() -> None:
+    h = Harness()
+    joined(h, 0, 1)
+    h.send(ident(0), offer())
+    h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef"))
+    out = h.send(ident(0), FileChunk(SHA, 6, True, b""))
+    assert [a for a in out if isinstance(a, FileWrite)] == []
+    assert replies(out, 0) == [FileReply(SHA, "error", "chunk out of order or past the size")]
