@@ -9,6 +9,7 @@ first call, so ``Pool`` and ``ProcessPoolExecutor`` workers log into their paren
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import mimetypes
 import multiprocessing.util
@@ -31,10 +32,11 @@ from . import roles
 from .aggregator.loop import AggregatorSpec, ProcessHost, ThreadHost
 from .aggregator.reduce import parse_reductions
 from .alerts import metric_alert
-from .config import HPCSettings
-from .errors import ConfigurationError, RoleError, SimvueHPCError
+from .config import HPCSettings, ServerSettings
+from .errors import ConfigurationError, RoleError, ServerUnavailable, SimvueHPCError
 from .names import check_folder, check_metadata, check_run_name, check_tags, generate_name
 from .protocol import AlertDefinition, Event, FolderDetails, RunUpdate, Status
+from .server import RetryPolicy, SimvueClient
 from .store import default_root, new_run_id
 from .worker import Worker
 
@@ -61,9 +63,11 @@ class Simvue:
         self._placement: roles.Placement | None = None
         self._exported: dict[str, str | None] = {}
         self._rendezvous: Path | None = None
+        self._upload_timeout = 0.0
         self._forked = False
         self._closed = False
         self.status: str | None = None
+        self.uploaded: bool | None = None  # on the host, once closed: None when no server is configured
 
     # ------------------------------------------------------------------------------------------ identity
     @property
@@ -152,6 +156,8 @@ class Simvue:
         """Start this run's aggregator here; returns its endpoint and the run's secret."""
         run_id = new_run_id()
         secret = secrets.token_hex(16)
+        server = _checked_server()
+        self._upload_timeout = float(server["upload_timeout"]) if server else 0.0
         name = run["name"] or generate_name()
         record = {
             "id": run_id, **run, "name": name, "created_us": time.time_ns() // 1000,
@@ -161,6 +167,7 @@ class Simvue:
             run_id=run_id, run_name=name, secret=secret, root=str(default_root()), run=record,
             expected_ranks=placement.size if placement.kind in ("mpi", "launcher") else None,
             host_rank=0, settings=self._settings.to_dict(), reductions=self._reductions,
+            server=server,
         )  # fmt: skip
         kind = self._settings.transport
         if self._settings.aggregator == "thread":
@@ -260,7 +267,8 @@ class Simvue:
         if dead:
             log.error("the aggregator of run %s died; what it had not stored is lost", self._worker.run_id)
         if self._host is not None:
-            self.status = self._host.wait(self._settings.close_timeout + 10)
+            self.status = self._host.wait(self._settings.close_timeout + self._upload_timeout + 10)
+            self.uploaded = self._host.uploaded
             self._host = None
         if self._rendezvous is not None:
             self._rendezvous.unlink(missing_ok=True)
@@ -341,6 +349,25 @@ def current_run() -> Simvue:
     if _current is None:
         _current = attach()
     return _current
+
+
+def _checked_server() -> dict[str, Any] | None:
+    """The server settings for the aggregator, after one check of the server; None when offline.
+
+    An unreachable server is not an error: the run is recorded locally and uploaded when the
+    server is back (or by ``simvue-hpc sync``). A rejected token or an unsupported server is."""
+    settings = ServerSettings.load()
+    if not settings.online:
+        return None
+    client = SimvueClient(settings, policy=RetryPolicy(total=1, backoff_max=1.0))
+    try:
+        client.check()
+    except ServerUnavailable as exc:
+        log.warning("%s; the run is recorded locally and uploaded when the server answers "
+                    "(or later with `simvue-hpc sync`)", exc)  # fmt: skip
+    finally:
+        client.close()
+    return dataclasses.asdict(settings)
 
 
 def system_info() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``simvue-hpc`` console script: inspect the runs in the local store.
+"""The ``simvue-hpc`` console script: inspect the runs in the local store, and upload them.
 
 Each subcommand is one function decorated with :func:`command`, which registers its name, its
 help (the docstring's first line) and its arguments; ``main`` builds the parser from that registry.
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,7 +57,8 @@ def command(name: str, *arguments: tuple[tuple[str, ...], dict[str, Any]]) -> Ca
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
-        prog="simvue-hpc", description="Inspect the simvue_hpc runs recorded in the local store."
+        prog="simvue-hpc",
+        description="Inspect the simvue_hpc runs in the local store and upload them to a Simvue server.",
     )
     parser.add_argument(
         "--root",
@@ -260,3 +262,63 @@ def _show_lines(v: RunView) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@command(
+    "sync",
+    arg("runs", nargs="*", metavar="RUN", help="runs to upload (id, id prefix or name); default: every run"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload runs from the local store to the Simvue server (resumes; never uploads twice)."""
+    from .config import ServerSettings
+    from .server import SimvueClient
+    from .upload import Uploader, upload_lock
+
+    settings = ServerSettings.load()
+    if not settings.online:
+        print(
+            "simvue-hpc: no server configured: set SIMVUE_URL and SIMVUE_TOKEN, or write simvue.toml", file=sys.stderr
+        )
+        return 1
+    client = SimvueClient(settings)
+    try:
+        client.check()
+        run_dirs = [find_run(args.root, key) for key in args.runs] or [v.run_dir for v in list_runs(args.root)]
+        failed = 0
+        for run_dir in run_dirs:
+            try:
+                with upload_lock(run_dir):
+                    _sync_one(Uploader(run_dir, client, settings), quiet=args.quiet)
+            except SimvueHPCError as exc:
+                print(f"{run_dir.name}: {exc}", file=sys.stderr)
+                failed += 1
+    finally:
+        client.close()
+    return 1 if failed else 0
+
+
+def _sync_one(uploader: Any, quiet: bool) -> None:
+    name = uploader.run_dir.name
+    if uploader.state.done:
+        print(f"{name}: already uploaded")
+        return
+    total = max(1, uploader.pending_bytes())
+    show = not quiet and sys.stderr.isatty()
+    while not uploader.poll():
+        left = uploader.pending_bytes()
+        if left == 0:  # everything there is has gone, but the run has not ended (still running, or died)
+            print(f"{name}: uploaded what there is; the run has not ended")
+            return
+        if show:
+            _progress(name, 1 - left / total)
+        time.sleep(0.05)
+    if show:
+        _progress(name, 1.0)
+        print(file=sys.stderr)
+    print(f"{name}: uploaded as {uploader.state.run_id} ({uploader.requests} requests)")
+
+
+def _progress(name: str, fraction: float, width: int = 30) -> None:
+    filled = round(fraction * width)
+    print(f"\r{name}: [{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}", end="", file=sys.stderr, flush=True)

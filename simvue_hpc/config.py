@@ -1,17 +1,31 @@
-"""Frozen settings, read from keyword arguments and the environment; never touches the network.
+"""Frozen settings, read from keyword arguments, the environment and configuration files; never touches the network.
 
 Every field of :class:`HPCSettings` can be set with ``SIMVUE_HPC_<FIELD>`` (for example
 ``SIMVUE_HPC_CLOSE_TIMEOUT=30``); keyword arguments to ``Simvue(...)`` win over the environment.
 Times are seconds.
+
+:class:`ServerSettings` says where the Simvue server is and how to talk to it; it reads the files users of
+Simvue already have (``simvue.toml``, the older ``simvue.ini``) and the ``SIMVUE_*`` variables. Its token is
+never shown: not in its repr, not in any error message.
 """
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
+import math
 import os
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 from .errors import ConfigurationError
 
@@ -80,3 +94,222 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     except ValueError:
         raise ConfigurationError(f"SIMVUE_HPC_{f.name.upper()} must be a number, not {raw!r}") from None
     return raw
+
+
+# --- the Simvue server ---------------------------------------------------------------------------------
+
+TOML_NAMES = ("simvue.toml", ".simvue.toml")
+INI_NAMES_CWD = ("simvue.ini",)
+INI_NAMES_HOME = (".simvue.ini", "simvue.ini")
+_FLOAT_ENV = {"heartbeat_interval": "SIMVUE_HEARTBEAT_INTERVAL", "upload_timeout": "SIMVUE_UPLOAD_TIMEOUT"}
+
+
+@dataclass(frozen=True, repr=False)
+class ServerSettings:
+    """Where the Simvue server is, the token to show it, and how long to wait for it (seconds).
+
+    ``online`` is true when both ``url`` and ``token`` are set; otherwise runs stay in the local store.
+    ``source`` says where ``url``/``token`` were read from (``"environment"`` or a file path), for messages.
+    The token is never shown: ``repr``/``str`` print ``token='***'``.
+    """
+
+    url: str | None = None
+    token: str | None = None
+    heartbeat_interval: float = 60.0
+    upload_timeout: float = 60.0  # how long close() waits for the upload to finish
+    request_timeout: float = 30.0  # every HTTP request: connect and read
+    offline_cache: str | None = None  # [offline] cache of simvue.toml, or SIMVUE_OFFLINE_DIRECTORY
+    source: str | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("url", "token", "offline_cache", "source"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                # The value itself is not echoed: it could be the token.
+                raise ConfigurationError(f"{name} must be a string or None, not {type(value).__name__}")
+        if self.token is not None and re.search(r"[\s\x00-\x1f\x7f]", self.token):
+            raise ConfigurationError("token must not contain whitespace or control characters")
+        for name in ("heartbeat_interval", "upload_timeout", "request_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url):
+            raise ConfigurationError(
+                f"url must start with http:// or https:// followed by a host, not {_redact_url(self.url)!r}"
+            )
+
+    @property
+    def online(self) -> bool:
+        """Both a server URL and a token are configured."""
+        return bool(self.url) and bool(self.token)
+
+    @property
+    def api_url(self) -> str | None:
+        """Where the REST API lives: ``url`` + ``/api`` unless it already ends in ``/api``; no trailing slash."""
+        if not self.url:
+            return None
+        base = self.url.rstrip("/")
+        return base if base.endswith("/api") else f"{base}/api"
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = "'***'" if f.name == "token" and value is not None else repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"ServerSettings({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        home: str | os.PathLike[str] | None = None,
+    ) -> ServerSettings:
+        """Settings from the environment and at most one configuration file; never touches the network.
+
+        The configuration file is the FIRST of these that exists; the others are ignored, so a URL and a
+        token always come from the same file:
+
+        1. ``simvue.toml`` or ``.simvue.toml`` (the current format), looking in ``cwd``, then in each parent
+           directory up to ``/`` (in each directory ``simvue.toml`` before ``.simvue.toml``; the nearest
+           directory wins), then in ``home``. Sections: ``[server] url, token`` and ``[offline] cache``.
+        2. ``simvue.ini`` (the seed era's format, ``[server] url, token``) in ``cwd``, then ``~/.simvue.ini``,
+           then ``~/simvue.ini``.
+
+        So when both a ``simvue.toml`` and a ``simvue.ini`` exist, ``simvue.toml`` wins.
+
+        Environment variables win over the file, one field at a time: ``SIMVUE_URL``, ``SIMVUE_TOKEN``,
+        ``SIMVUE_OFFLINE_DIRECTORY`` (the offline cache), ``SIMVUE_HEARTBEAT_INTERVAL`` and
+        ``SIMVUE_UPLOAD_TIMEOUT`` (positive seconds). An empty variable counts as unset.
+
+        ``environ`` defaults to ``os.environ``, ``cwd`` to the current directory and ``home`` to ``$HOME``
+        of ``environ`` (else the user's home directory). A file that cannot be read or parsed raises
+        :class:`ConfigurationError` naming the file, without echoing its contents.
+        """
+        env = os.environ if environ is None else environ
+        start = Path(os.path.abspath(cwd)) if cwd is not None else Path.cwd()  # parents of "." are none
+        home_dir = Path(os.path.abspath(home)) if home is not None else _home(env)
+        values: dict[str, Any] = {}
+        path = find_config_file(start, home_dir)
+        if path is not None:
+            values = _read_toml(path) if path.suffix == ".toml" else _read_ini(path)
+            if values.get("url") or values.get("token"):
+                values["source"] = str(path)
+        env_url, env_token = (env.get(name, "").strip() for name in ("SIMVUE_URL", "SIMVUE_TOKEN"))
+        if env_url:
+            values["url"] = env_url
+        if env_token:
+            values["token"] = env_token
+        if env_url or env_token:
+            values["source"] = "environment" if not values.get("source") else f"environment and {values['source']}"
+        if env.get("SIMVUE_OFFLINE_DIRECTORY", "").strip():
+            values["offline_cache"] = env["SIMVUE_OFFLINE_DIRECTORY"].strip()
+        for name, variable in _FLOAT_ENV.items():
+            raw = env.get(variable, "").strip()
+            if raw:
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    raise ConfigurationError(f"{variable} must be a positive number of seconds, not {raw!r}") from None
+                if not 0 < values[name] < math.inf:
+                    raise ConfigurationError(f"{variable} must be a positive number of seconds, not {raw!r}")
+        return cls(**values)
+
+
+def find_config_file(cwd: Path, home: Path | None) -> Path | None:
+    """The configuration file :meth:`ServerSettings.load` reads (see there for the order), or None."""
+    candidates: list[Path] = []
+    for directory in (cwd, *cwd.parents):
+        candidates += [directory / name for name in TOML_NAMES]
+    if home is not None:
+        candidates += [home / name for name in TOML_NAMES]
+    candidates += [cwd / name for name in INI_NAMES_CWD]
+    if home is not None:
+        candidates += [home / name for name in INI_NAMES_HOME]
+    for candidate in candidates:
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # an unreadable directory on the way up
+            continue
+    return None
+
+
+def _home(env: Mapping[str, str]) -> Path | None:
+    if env.get("HOME"):
+        return Path(env["HOME"])
+    try:
+        return Path.home()
+    except RuntimeError:  # no home directory can be determined
+        return None
+
+
+def _redact_url(url: str) -> str:
+    """The URL without any user:password part."""
+    return re.sub(r"^(\w+://)[^@/]*@", r"\1***@", url)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"configuration file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigurationError(
+            f"configuration file {path} cannot be read: {e.strerror or type(e).__name__}"
+        ) from None
+
+
+def _string(path: Path, table: Mapping[str, Any], section: str, key: str) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"configuration file {path}: [{section}] {key} must be a string")
+    return value.strip() or None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(_read_text(path))
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's messages quote single characters and key names; drop every quoted part to be safe.
+        reason = re.sub(r"'[^']*'|\"[^\"]*\"", "...", str(e))
+        raise ConfigurationError(f"configuration file {path} is not valid TOML: {reason}") from None
+    values: dict[str, Any] = {}
+    for section, keys in (("server", {"url": "url", "token": "token"}), ("offline", {"cache": "offline_cache"})):
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"configuration file {path}: [{section}] must be a table")
+        for key, field_name in keys.items():
+            value = _string(path, table, section, key)
+            if value is not None:
+                values[field_name] = value
+    return values
+
+
+def _read_ini(path: Path) -> dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(_read_text(path), source=str(path))
+    except configparser.Error as e:
+        # configparser's messages quote whole lines (which may hold the token): report line numbers only.
+        if isinstance(e, configparser.ParsingError):
+            lines = ", ".join(str(n) for n, _ in getattr(e, "errors", [])) or "?"
+            reason = f"cannot parse line {lines}"
+            if isinstance(e, configparser.MissingSectionHeaderError):
+                reason = f"line {e.lineno} comes before any [section] header"
+        elif isinstance(e, (configparser.DuplicateOptionError, configparser.DuplicateSectionError)):
+            what = f"option {e.option!r} in " if isinstance(e, configparser.DuplicateOptionError) else ""
+            reason = f"{what}section [{e.section}] appears twice (line {e.lineno})"
+        else:
+            reason = type(e).__name__
+        raise ConfigurationError(f"configuration file {path} is not a valid INI file: {reason}") from None
+    if not parser.has_section("server"):
+        return {}
+    server = parser["server"]
+    values = {key: (server.get(key) or "").strip() for key in ("url", "token")}
+    return {key: value for key, value in values.items() if value}

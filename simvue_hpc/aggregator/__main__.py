@@ -49,7 +49,7 @@ def main() -> int:
         return 1
     print(json.dumps({"endpoint": endpoint}), file=out, flush=True)
     status = service.run(control_fd=stdin_fd, stop=stop)
-    print(json.dumps({"status": status}), file=out, flush=True)
+    print(json.dumps({"status": status, "uploaded": service.uploaded}), file=out, flush=True)
     return 0
 
 

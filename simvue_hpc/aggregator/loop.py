@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import transport
-from ..config import HPCSettings
+from ..config import HPCSettings, ServerSettings
 from ..errors import ProtocolError, StoreError, TransportError
 from ..protocol import decode, encode
 from ..store import FileSink, RecordType, RunWriter
+from ..upload import LiveUpload
 from .reduce import parse_reductions
 from .state import (
     Action,
@@ -60,6 +61,7 @@ class AggregatorSpec:
     host_rank: int | None = 0
     settings: dict[str, Any] = field(default_factory=dict)
     reductions: dict[str, list[str]] = field(default_factory=dict)
+    server: dict[str, Any] | None = field(default=None, repr=False)  # ServerSettings fields; holds the token
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -83,6 +85,8 @@ class AggregatorService:
         self._out_seq: dict[bytes, int] = {}
         self.endpoint = ""
         self.status: str | None = None
+        self.uploaded: bool | None = None  # None: no server configured
+        self._upload: LiveUpload | None = None
 
     def bind(self, kind: str) -> str:
         """Bind the socket and create the store; errors surface here, in the caller."""
@@ -94,6 +98,8 @@ class AggregatorService:
             self._store.append(RecordType.RUN, dict(self.spec.run))
             self._store.append(RecordType.STATUS, {"status": "running", "time_us": time.time_ns() // 1000})
             self._store.flush()
+            if self.spec.server is not None:
+                self._upload = LiveUpload(self._store.run_dir, ServerSettings(**self.spec.server))
         except BaseException:
             transport.close(self._sock)
             self._ctx.term()
@@ -163,6 +169,9 @@ class AggregatorService:
             self._store.close()
             transport.close(self._sock, linger_ms=200)
             self._ctx.term()
+            if self._upload is not None:
+                timeout = ServerSettings(**self.spec.server).upload_timeout if self.spec.server else 0.0
+                self.uploaded = self._upload.finish(timeout if self.status else 0.0)
         return self.status or "failed"
 
     def _perform(self, state: AggregatorState, actions: list[Action]) -> None:
@@ -232,6 +241,10 @@ class ThreadHost:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def uploaded(self) -> bool | None:
+        return self._service.uploaded
+
     def wait(self, timeout: float) -> str | None:
         """The final status once the run is over; None if still running after ``timeout``."""
         self._thread.join(timeout)
@@ -263,6 +276,7 @@ class ProcessHost:
             reason = answer.get("error") if answer else f"no answer within {start_timeout} s"
             raise TransportError(f"the aggregator process did not start: {reason}")
         self.endpoint: str = answer["endpoint"]
+        self.uploaded: bool | None = None
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -282,6 +296,8 @@ class ProcessHost:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if answer:
+            self.uploaded = answer.get("uploaded")
         return answer.get("status") if answer else None
 
 

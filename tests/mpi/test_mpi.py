@@ -9,14 +9,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import assert_store_matches, expected, only_run
+from tests.helpers import assert_store_matches, expected, only_run, series
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "heat_mpi.py"
 MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 pytestmark = pytest.mark.mpi
+pytest_plugins = ["tests.server.fixtures"]
 
 
 def mpirun(n: int, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,3 +77,20 @@ def test_world_of_size_one_under_a_larger_launch_is_an_error(tmp_path: Path) -> 
     env["SIMVUE_OFFLINE_DIRECTORY"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert "ERROR the launcher started 4 ranks" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_mpi_run_is_uploaded_with_its_reductions(simvue_online: Any, store: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    mpirun(4, "--steps", "40", "--cells", "100", "--raw", str(raw), cwd=tmp_path)
+    check(store, raw, 4, 40)
+    (doc,) = simvue_online.db.runs()
+    assert doc["status"] == "completed" and doc["metadata"]["simvue_hpc"]["ranks"] == 4
+    view = only_run(store)
+    on_server: dict[str, dict[int, float]] = {}
+    for row in simvue_online.db.metrics(doc["id"]):
+        on_server.setdefault(row["name"], {})[row["step"]] = row["value"]
+    assert on_server.keys() == view.metrics.keys()
+    for name in view.metrics:
+        assert on_server[name] == pytest.approx(series(view, name)), name
+    assert sorted(a["name"] for a in simvue_online.db.artifacts(doc["id"])) == ["heat_4.npy", "heat_mpi.py"]
+    assert not simvue_online.log.duplicates("/metrics")

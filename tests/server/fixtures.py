@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import sys
 from collections.abc import Iterator
 
@@ -58,3 +59,20 @@ def simvue_env(
     _clear_official_client_caches()
     yield simvue_server
     _clear_official_client_caches()
+
+
+@pytest.fixture
+def simvue_online(
+    simvue_server: SimvueTestServer, store: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> SimvueTestServer:
+    """The test server configured for simvue_hpc through the environment, as users do (with the
+    ``store`` fixture's local store); HOME and the working directory hold no config file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("SIMVUE_URL", simvue_server.url)
+    monkeypatch.setenv("SIMVUE_TOKEN", simvue_server.token)
+    monkeypatch.setenv("SIMVUE_HEARTBEAT_INTERVAL", "0.5")
+    monkeypatch.setenv("SIMVUE_UPLOAD_TIMEOUT", "60")
+    return simvue_server

@@ -56,6 +56,8 @@ def test_official_client_session_round_trip(simvue_env: SimvueTestServer, tmp_pa
         threshold_id = run.create_metric_threshold_alert(
             name="loss-too-high", metric="loss", threshold=10.0, rule="is above", frequency=1
         )
+        # the server evaluates an alert when data arrives: this point comes after the alert is attached
+        run.log_metrics({"loss": 0.1, "acc": 0.5})
         user_alert_id = run.create_user_alert(name="manual-check")
         assert run.log_alert(identifier=user_alert_id, state="critical")
         assert run.update_metadata({"gamma": 3})
@@ -79,10 +81,10 @@ def test_official_client_session_round_trip(simvue_env: SimvueTestServer, tmp_pa
     assert set(stored["alerts"]) == {threshold_id, user_alert_id}
 
     loss = server.db.metrics(run_id, "loss")
-    assert [m["value"] for m in loss] == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
-    assert [m["step"] for m in loss] == [0, 1, 2, 3, 4]
+    assert [m["value"] for m in loss] == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2, 0.1])
+    assert [m["step"] for m in loss] == [0, 1, 2, 3, 4, 5]
     assert all(m["time"] >= 0 for m in loss)
-    assert [m["value"] for m in server.db.metrics(run_id, "acc")] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert [m["value"] for m in server.db.metrics(run_id, "acc")] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     events = server.db.events(run_id)
     assert [(e["message"], e["log_level"]) for e in events] == [("starting", "info"), ("careful now", "warning")]
 
