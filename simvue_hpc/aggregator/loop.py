@@ -87,6 +87,7 @@ class AggregatorService:
         self.status: str | None = None
         self.uploaded: bool | None = None  # None: no server configured
         self._upload: LiveUpload | None = None
+        self._close_request: tuple[str | None, str] | None = None  # set from another thread
 
     def bind(self, kind: str) -> str:
         """Bind the socket and create the store; errors surface here, in the caller."""
@@ -154,6 +155,12 @@ class AggregatorService:
                     poller.unregister(control_fd)
                     control_fd = None
                     state.begin_close(now)
+                if self._close_request is not None:
+                    status, reason = self._close_request
+                    self._close_request = None
+                    if status is not None:
+                        self._perform(state, state.set_status(status, reason))
+                    state.begin_close(now)
                 if stop is not None and stop.is_set():
                     self._perform(state, state.finish_now(now))
                 if now >= next_tick:
@@ -173,6 +180,11 @@ class AggregatorService:
                 timeout = ServerSettings(**self.spec.server).upload_timeout if self.spec.server else 0.0
                 self.uploaded = self._upload.finish(timeout if self.status else 0.0)
         return self.status or "failed"
+
+    def request_close(self, status: str | None = None, reason: str = "") -> None:
+        """From any thread: start closing the run (the other ranks get ``close_timeout`` to say
+        goodbye), optionally setting its status first. Used by the sidecar when its command ends."""
+        self._close_request = (status, reason)
 
     def _perform(self, state: AggregatorState, actions: list[Action]) -> None:
         assert self._store is not None
@@ -240,6 +252,9 @@ class ThreadHost:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def request_close(self, status: str | None = None, reason: str = "") -> None:
+        self._service.request_close(status, reason)
 
     @property
     def uploaded(self) -> bool | None:

@@ -189,7 +189,7 @@ class AggregatorState:
         self._file_records: set[tuple[str, str, str]] = set()
         self._transfers: dict[str, _Transfer] = {}
         self._rejected: set[bytes] = set()
-        self._failed: list[str] = []
+        self._ending: dict[str, list[str]] = {}  # failed / terminated -> who said so and why
         self._closing_since: float | None = None
         self.finished = False
         self.counters = {
@@ -251,12 +251,7 @@ class AggregatorState:
         elif isinstance(msg, AlertDefinition):
             out.append(Append(RecordType.ALERT, dict(msg.definition)))
         elif isinstance(msg, Status):
-            if msg.status == "failed":
-                self._failed.append(f"rank {peer.rank} on {peer.host}: {msg.reason}")
-            out.append(Append(RecordType.STATUS, {
-                "status": msg.status, "time_us": self._wall_ns() // 1000, "rank": peer.rank,
-                "reason": msg.reason,
-            }))  # fmt: skip
+            out += self.set_status(msg.status, msg.reason, rank=peer.rank, host=peer.host)
         else:
             self.counters["protocol_errors"] += 1
             log.warning("rank %d sent %s, which ranks do not send", peer.rank, type(msg).__name__)
@@ -273,6 +268,18 @@ class AggregatorState:
         out: list[Action] = []
         self._event(f"undecodable message from rank {peer.rank} on {peer.host}: {reason}", "warning", out)
         return out
+
+    def set_status(
+        self, status: str, reason: str = "", rank: int | None = None, host: str | None = None
+    ) -> list[Action]:
+        """A rank, the host or the sidecar sets the run's status: ``failed`` or ``terminated`` decide the
+        final status (terminated over failed over completed); every status is recorded as given."""
+        if status in ("failed", "terminated"):
+            where = f"rank {rank} on {host}: " if rank is not None else ""
+            self._ending.setdefault(status, []).append(f"{where}{reason}")
+        return [Append(RecordType.STATUS, {
+            "status": status, "time_us": self._wall_ns() // 1000, "rank": rank, "reason": reason,
+        })]  # fmt: skip
 
     def begin_close(self, now: float) -> None:
         """Start the closing countdown (the host said goodbye, died, or the sidecar's command ended)."""
@@ -642,7 +649,7 @@ class AggregatorState:
         for sha in list(self._transfers):
             out.append(FileDiscard(sha))
         self._transfers.clear()
-        status = "failed" if self._failed else "completed"
+        status = next((s for s in ("terminated", "failed") if s in self._ending), "completed")
         out.append(Append(RecordType.END, {
             "status": status, "time_us": self._wall_ns() // 1000, "missing_ranks": sorted(missing + never),
             "lost_ranks": lost, "counters": dict(self.counters),
