@@ -8,6 +8,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+bash scripts/install_c_deps.sh       # cmake, libzmq, gfortran from Debian, for the C and Fortran client
+bash scripts/install_slurm.sh        # slurmctld, slurmd, munge from Debian: tests/slurm starts a real Slurm
 export PATH="$PWD/.venv/bin:$PATH"   # the mpich wheel's mpiexec
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy

@@ -9,6 +9,7 @@ first call, so ``Pool`` and ``ProcessPoolExecutor`` workers log into their paren
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import mimetypes
@@ -31,11 +32,11 @@ from typing import Any
 from . import roles
 from .aggregator.loop import AggregatorSpec, ProcessHost, ThreadHost
 from .aggregator.reduce import parse_reductions
-from .alerts import metric_alert
+from .alerts import event_alert, metric_alert, user_alert
 from .config import HPCSettings, ServerSettings
-from .errors import ConfigurationError, RoleError, ServerUnavailable, SimvueHPCError
+from .errors import ConfigurationError, RoleError, RunAborted, ServerUnavailable, SimvueHPCError
 from .names import check_folder, check_metadata, check_run_name, check_tags, generate_name
-from .protocol import AlertDefinition, Event, FolderDetails, RunUpdate, Status
+from .protocol import AlertDefinition, AlertState, Event, FolderDetails, RunUpdate, Status
 from .server import RetryPolicy, SimvueClient
 from .store import default_root, new_run_id
 from .worker import Worker
@@ -64,6 +65,8 @@ class Simvue:
         self._exported: dict[str, str | None] = {}
         self._rendezvous: Path | None = None
         self._upload_timeout = 0.0
+        self._status_sent = False
+        self._marks_termination = True  # a SIGTERM to this process means the job is being stopped
         self._forked = False
         self._closed = False
         self.status: str | None = None
@@ -108,9 +111,12 @@ class Simvue:
         placement = roles.detect()
         self._placement = placement
         if placement.kind == "attach":
+            self._marks_termination = placement.owner == "sidecar"  # a pool's terminate() is routine
             self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)
             if placement.owner == "sidecar" and self._worker is not None and self._worker.rank == 0:
-                self._worker.send(RunUpdate(**{k: v for k, v in run.items() if v not in (None, [], {})}))
+                # rank 0's arguments complete the sidecar's; defaults (folder "/") do not override them
+                given = {k: v for k, v in run.items() if v not in (None, [], {}) and (k, v) != ("folder", "/")}
+                self._worker.send(RunUpdate(**given))
         elif placement.kind == "mpi":
             self._init_mpi(placement, run)
         elif placement.kind == "launcher":
@@ -154,27 +160,17 @@ class Simvue:
 
     def _start_host(self, run: dict[str, Any], placement: roles.Placement) -> tuple[str, str]:
         """Start this run's aggregator here; returns its endpoint and the run's secret."""
-        run_id = new_run_id()
-        secret = secrets.token_hex(16)
-        server = _checked_server()
-        self._upload_timeout = float(server["upload_timeout"]) if server else 0.0
-        name = run["name"] or generate_name()
-        record = {
-            "id": run_id, **run, "name": name, "created_us": time.time_ns() // 1000,
-            "system": system_info(), "job": job_info(placement, self._settings),
-        }  # fmt: skip
-        spec = AggregatorSpec(
-            run_id=run_id, run_name=name, secret=secret, root=str(default_root()), run=record,
-            expected_ranks=placement.size if placement.kind in ("mpi", "launcher") else None,
-            host_rank=0, settings=self._settings.to_dict(), reductions=self._reductions,
-            server=server,
+        spec = host_spec(
+            run, job_info(placement, self._settings), self._settings, self._reductions,
+            expected_ranks=placement.size if placement.kind in ("mpi", "launcher") else None, host_rank=0,
         )  # fmt: skip
+        self._upload_timeout = float(spec.server["upload_timeout"]) if spec.server else 0.0
         kind = self._settings.transport
         if self._settings.aggregator == "thread":
             self._host = ThreadHost(spec, kind)
         else:
             self._host = ProcessHost(spec, kind, self._settings.connect_timeout)
-        return self._host.endpoint, secret
+        return self._host.endpoint, spec.secret
 
     def _connect(self, endpoint: str, secret: str, rank: int, size: int) -> None:
         worker = Worker(endpoint, secret, rank, size, self._settings, self._reductions)
@@ -238,6 +234,63 @@ class Simvue:
         self._need_worker().send(AlertDefinition(definition))
         return True
 
+    def create_metric_threshold_alert(
+        self, name: str, metric: str, threshold: float, rule: str, *, description: str | None = None,
+        window: float | None = None, frequency: float = 1, aggregation: str = "average", notification: str = "none",
+        trigger_abort: bool = False, attach_to_run: bool = True,
+    ) -> str:  # fmt: skip
+        """The official client's metric threshold alert (``is above``/``is below``; minutes).
+        Evaluated by the aggregator on the reduced values; returns the alert's name, its id here."""
+        window = frequency if window is None else window
+        definition = metric_alert(name, rule, metric, frequency, window, threshold=threshold,
+                                  aggregation=aggregation, notification=notification, description=description,
+                                  abort=trigger_abort)  # fmt: skip
+        self._need_worker().send(AlertDefinition(definition))
+        return name
+
+    def create_metric_range_alert(
+        self, name: str, metric: str, range_low: float, range_high: float, rule: str, *,
+        description: str | None = None, window: float | None = None, frequency: float = 1,
+        aggregation: str = "average", notification: str = "none", trigger_abort: bool = False,
+        attach_to_run: bool = True,
+    ) -> str:  # fmt: skip
+        """The official client's metric range alert (``is inside range``/``is outside range``)."""
+        window = frequency if window is None else window
+        definition = metric_alert(name, rule, metric, frequency, window, range_low=range_low, range_high=range_high,
+                                  aggregation=aggregation, notification=notification, description=description,
+                                  abort=trigger_abort)  # fmt: skip
+        self._need_worker().send(AlertDefinition(definition))
+        return name
+
+    def create_event_alert(
+        self, name: str, pattern: str, *, description: str | None = None, frequency: float = 1,
+        notification: str = "none", trigger_abort: bool = False, attach_to_run: bool = True,
+    ) -> str:  # fmt: skip
+        """Critical when an event containing ``pattern`` is recorded (by any rank)."""
+        definition = event_alert(name, pattern, frequency, notification=notification, description=description,
+                                 abort=trigger_abort)  # fmt: skip
+        self._need_worker().send(AlertDefinition(definition))
+        return name
+
+    def create_user_alert(
+        self, name: str, *, description: str | None = None, notification: str = "none",
+        trigger_abort: bool = False, attach_to_run: bool = True,
+    ) -> str:  # fmt: skip
+        """An alert whose state the code sets with :meth:`log_alert`."""
+        definition = user_alert(name, notification=notification, description=description, abort=trigger_abort)
+        self._need_worker().send(AlertDefinition(definition))
+        return name
+
+    def log_alert(self, identifier: str | None = None, name: str | None = None, state: str = "critical") -> bool:
+        """Set a user alert's state, ``ok`` or ``critical``."""
+        alert = name or identifier
+        if not alert:
+            raise ConfigurationError("log_alert needs the alert's name (or identifier)")
+        if state not in ("ok", "critical"):
+            raise ConfigurationError(f"alert state must be 'ok' or 'critical', not {state!r}")
+        self._need_worker().send(AlertState(alert, state))
+        return True
+
     # the official client's names
     log_metrics = log
     log_event = event
@@ -261,6 +314,10 @@ class Simvue:
 
     def _close(self) -> bool:
         assert self._worker is not None
+        if _signalled is not None and self._marks_termination and not self._status_sent:
+            with contextlib.suppress(SimvueHPCError):
+                self._worker.send(Status("terminated", f"signal {signal.Signals(_signalled).name} on rank "
+                                                       f"{self._worker.rank} ({socket.gethostname()})"))  # fmt: skip
         # An aggregator that already died will not acknowledge: do not wait for it.
         dead = self._host is not None and not self._host.alive()
         acknowledged = self._worker.close(timeout=1.0 if dead else None)
@@ -289,7 +346,11 @@ class Simvue:
         if exc_type is not None and self._worker is not None and not self._closed:
             failed = not (isinstance(exc, SystemExit) and exc.code in (0, None))
             if failed:
-                status = "terminated" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+                stopped = isinstance(exc, (KeyboardInterrupt, RunAborted)) or (
+                    isinstance(exc, SystemExit) and _signalled is not None
+                )
+                status = "terminated" if stopped else "failed"
+                self._status_sent = True
                 where = f"rank {self._worker.rank} on {socket.gethostname()}"
                 text = "".join(traceback.format_exception(exc_type, exc, tb))
                 try:
@@ -321,6 +382,7 @@ class Simvue:
         if placement.kind != "attach":
             raise RoleError("this forked process cannot find its parent's run (SIMVUE_HPC_ENDPOINT is not set)")
         self._forked = False
+        self._marks_termination = False
         self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)
         _register(self, child=True)
         assert self._worker is not None
@@ -349,6 +411,28 @@ def current_run() -> Simvue:
     if _current is None:
         _current = attach()
     return _current
+
+
+def host_spec(
+    run: Mapping[str, Any], job: Mapping[str, Any], settings: HPCSettings,
+    reductions: Mapping[str, list[str]] | None = None, *, expected_ranks: int | None, host_rank: int | None,
+) -> AggregatorSpec:  # fmt: skip
+    """A new run's aggregator spec: a fresh id and secret, the RUN record (``run``'s checked fields, a
+    generated name if none, the system block and ``job``) and the server settings after one check of
+    the server (None offline). Used by the host's ``init`` and by ``simvue-hpc run``."""
+    run_id = new_run_id()
+    secret = secrets.token_hex(16)
+    server = _checked_server()
+    name = run["name"] or generate_name()
+    record = {
+        "id": run_id, **run, "name": name, "created_us": time.time_ns() // 1000,
+        "system": system_info(), "job": dict(job),
+    }  # fmt: skip
+    return AggregatorSpec(
+        run_id=run_id, run_name=name, secret=secret, root=str(default_root()), run=record,
+        expected_ranks=expected_ranks, host_rank=host_rank, settings=settings.to_dict(),
+        reductions=dict(reductions or {}), server=server,
+    )  # fmt: skip
 
 
 def _checked_server() -> dict[str, Any] | None:
@@ -401,6 +485,7 @@ def job_info(placement: roles.Placement, settings: HPCSettings) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------- process hooks
 _hooks_installed = False
 _closing = 0  # closes under way in this process
+_signalled: int | None = None  # the signal that is ending this process
 
 
 def _register(run: Simvue, child: bool = False) -> None:
@@ -415,8 +500,8 @@ def _register(run: Simvue, child: bool = False) -> None:
         os.register_at_fork(after_in_child=_after_fork_in_child)
     if child:
         multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def _close_all() -> None:
@@ -428,11 +513,15 @@ def _close_all() -> None:
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    # Unwind the main thread so the process's exit handlers flush the buffer and say goodbye.
+    """SIGTERM (scancel, a time limit, Pool.terminate) unwinds the main thread instead of killing the
+    process, so the exit handlers flush the buffer, record ``terminated`` and say goodbye within
+    Slurm's KillWait. Installed only where SIGTERM had its default action."""
+    global _signalled
     # A close under way, or a multiprocessing child already running its exit finalizers (ours
     # among them), is exiting anyway and bounded: raising here would abort the flush.
     if _closing or getattr(multiprocessing.util, "_exiting", False):
         return
+    _signalled = signum
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)
 

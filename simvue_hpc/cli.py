@@ -247,8 +247,11 @@ def _show_lines(v: RunView) -> list[str]:
 
     out += ["", f"alerts ({len(v.alerts)})"]
     for a in v.alerts:
-        rest = ", ".join(f"{k}={_value(val)}" for k, val in a.items() if k != "name")
-        out.append(f"  {a.get('name', '?')}: {rest}" if rest else f"  {a.get('name', '?')}")
+        name = a.get("name", "?")
+        state = v.alert_states.get(str(name), {}).get("status", "ok")
+        rule = a.get("alert") or {}
+        what = ", ".join(f"{k}={_value(val)}" for k, val in rule.items()) or a.get("source", "")
+        out.append(f"  {name} [{state}]: {what}")
 
     out += ["", f"ranks ({len(v.ranks)})"]
     if v.ranks:
@@ -258,10 +261,6 @@ def _show_lines(v: RunView) -> list[str]:
         ]
         out += _table(["RANK", "HOST", "PID", "STATE"], rows, "  ")
     return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 @command(
@@ -322,3 +321,39 @@ def _sync_one(uploader: Any, quiet: bool) -> None:
 def _progress(name: str, fraction: float, width: int = 30) -> None:
     filled = round(fraction * width)
     print(f"\r{name}: [{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}", end="", file=sys.stderr, flush=True)
+
+
+@command(
+    "run",
+    arg("--name", help="the run's name (default: rank 0's init() name, else a generated one)"),
+    arg("--folder", default="/", help="the run's folder (default /)"),
+    arg("--tag", action="append", default=[], metavar="TAG", help="a tag (repeatable)"),
+    arg(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a metadata entry (repeatable); a JSON VALUE (number, true, list) is kept as such",
+    ),
+    arg("--description", help="the run's description"),
+    arg("--ranks", type=int, metavar="N", help="how many ranks will join (recorded missing if they do not)"),
+    arg("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the job's command, after --"),
+)
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run COMMAND (srun ./app, mpiexec -n 8 python sim.py...) as one run that its ranks join.
+
+    Hosts the run's aggregator, gives COMMAND the run's endpoint in its environment, forwards its
+    output and SIGTERM/SIGINT, records the last lines of its output and sets the run's status from
+    its exit code, which is also this command's."""
+    from .sidecar import parse_metadata, run
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    os.environ["SIMVUE_OFFLINE_DIRECTORY"] = str(args.root)  # the run's store, for COMMAND's ranks too
+    return run(command, name=args.name, metadata=parse_metadata(args.metadata), tags=args.tag,
+               description=args.description, folder=args.folder, ranks=args.ranks)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ _CHOICES = {
     "transport": ("tcp", "ipc"),
     "aggregator": ("process", "thread"),
     "overflow": ("block", "drop"),
+    "on_abort": ("raise", "terminate"),
 }
 
 
@@ -53,6 +54,9 @@ class HPCSettings:
     close_timeout: float = 60.0  # the longest close() waits: for the acknowledgement, for other ranks
     connect_timeout: float = 30.0
     file_timeout: float = 300.0
+    system_metrics_interval: float = 30.0  # how often each rank reports its CPU, memory (and GPUs)
+    terminate_grace: float = 5.0  # after SIGTERM, how long the aggregator waits for the ranks' last data
+    on_abort: str = "raise"  # when the run is aborted: log() raises RunAborted, or the rank gets SIGTERM
 
     def __post_init__(self) -> None:
         for f in fields(self):

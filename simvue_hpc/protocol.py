@@ -65,6 +65,8 @@ class MsgType(IntEnum):
     GOODBYE = 14
     GOODBYE_ACK = 15
     NOTICE = 16
+    ALERT_STATE = 17
+    RESOURCES = 18
 
 
 class Message:
@@ -314,11 +316,33 @@ class Notice(Message):
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class AlertState(Message):
+    """A rank sets the state of a user alert (``ok`` or ``critical``)."""
+
+    TYPE = MsgType.ALERT_STATE
+    name: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resources(Message):
+    """A rank's own CPU and memory use, and its node's GPUs when it is the node's GPU reporter.
+
+    ``gpus`` holds ``[index, utilisation %, memory %]`` per GPU."""
+
+    TYPE = MsgType.RESOURCES
+    time_ns: int
+    cpu_percent: float
+    memory_mb: float
+    gpus: list[list[float]] = field(default_factory=list)
+
+
 MESSAGE_TYPES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Reject, MetricBatch, Event, RunUpdate, FolderDetails, AlertDefinition,
-        FileOffer, FileChunk, FileReply, Status, Heartbeat, Goodbye, GoodbyeAck, Notice,
+        FileOffer, FileChunk, FileReply, Status, Heartbeat, Goodbye, GoodbyeAck, Notice, AlertState, Resources,
     )
 }  # fmt: skip
 

@@ -60,6 +60,10 @@ def launcher_rank_size(env: Mapping[str, str]) -> tuple[int, int, str] | None:
         ("PMIX_RANK", "PMIX_SIZE", "pmix"),
         ("SLURM_PROCID", "SLURM_NTASKS", "slurm"),
     ):
+        if name == "slurm" and "SLURM_STEP_ID" not in env:
+            # A batch script's own processes see the allocation's task count but are no srun step:
+            # only srun's tasks are ranks.
+            continue
         if rank_var in env and size_var in env:
             try:
                 rank, size = int(env[rank_var]), int(env[size_var])

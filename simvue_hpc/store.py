@@ -51,6 +51,7 @@ Record types and their payload maps (times are int64 microseconds since the Unix
 9     RANK        rank, host, pid, state ("joined" | "closed" | "lost" | "missing"), time_us,
                   optional counters
 10    END         status, time_us, optional missing_ranks, lost_ranks, counters
+11    ALERT_STATE name, status ("ok" | "critical"), time_us, message: an alert changed state
 ====  ==========  ==========================================================================
 
 Crash safety
@@ -146,6 +147,7 @@ class RecordType(IntEnum):
     ALERT = 8
     RANK = 9
     END = 10
+    ALERT_STATE = 11
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class RunView:
     events: list[dict[str, Any]] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    alert_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> its last ALERT_STATE
     folder_details: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, MetricSeries] = field(default_factory=dict)
 
@@ -381,6 +384,8 @@ def load_run(run_dir: Path | str) -> RunView:
                 view.files.append(p)
             case RecordType.ALERT:
                 view.alerts.append(p)
+            case RecordType.ALERT_STATE:
+                view.alert_states[str(p.get("name"))] = p
             case RecordType.FOLDER:
                 view.folder_details.append(p)
     if gids:

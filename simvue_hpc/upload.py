@@ -61,6 +61,7 @@ class UploadState:
     folders: dict[str, str] = field(default_factory=dict)  # path -> folder id
     artifacts: dict[str, str] = field(default_factory=dict)  # sha256 -> artifact id
     alerts: list[str] = field(default_factory=list)  # alert ids attached to the run
+    alert_ids: dict[str, str] = field(default_factory=dict)  # user alert name -> id, for their states
     hosts: list[str] = field(default_factory=list)
     ranks: list[int] = field(default_factory=list)
     done: bool = False
@@ -201,9 +202,17 @@ class Uploader:
             self._file(p)
         elif record.type == RecordType.ALERT:
             alert_id = self._call(self.client.create_alert, dict(p))
+            if p.get("source") == "user":
+                self.state.alert_ids[str(p["name"])] = alert_id
             if alert_id not in self.state.alerts:
                 self.state.alerts.append(alert_id)
                 self._call(self.client.update_run, self.state.run_id, {"alerts": list(self.state.alerts)})
+        elif record.type == RecordType.ALERT_STATE:
+            # Metric and event alerts are evaluated by the server too, on the same reduced values;
+            # only a user alert's state comes from the run.
+            alert_id = self.state.alert_ids.get(str(p.get("name")))
+            if alert_id is not None:
+                self._call(self.client.set_alert_status, alert_id, self.state.run_id, p["status"])
         elif record.type == RecordType.RANK:
             host, rank = p.get("host"), p.get("rank")
             if host and host not in self.state.hosts:

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -42,7 +43,14 @@ import numpy as np
 
 from . import __version__, transport
 from .config import HPCSettings
-from .errors import AggregatorUnreachable, ConfigurationError, ProtocolError, SimvueHPCError, TransportError
+from .errors import (
+    AggregatorUnreachable,
+    ConfigurationError,
+    ProtocolError,
+    RunAborted,
+    SimvueHPCError,
+    TransportError,
+)
 from .protocol import (
     FileChunk,
     FileOffer,
@@ -59,6 +67,7 @@ from .protocol import (
     decode,
     encode,
 )
+from .resources import ResourceSampler
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +165,8 @@ class Worker:
         self._closing = False
         self._closed = False
         self._detached_reason: str | None = None
+        self.abort_reason: str | None = None  # set by the aggregator's abort notice
+        self._sampler: ResourceSampler | None = None
         self.acknowledged = False
         self.sent_points = 0
         self._ctx: Any = None
@@ -206,6 +217,8 @@ class Worker:
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Buffer one call's metrics; see the module docstring for what happens when full."""
         t = _time_ns()
+        if self.abort_reason is not None:
+            raise RunAborted(f"the run was aborted: {self.abort_reason}")
         if metrics.__class__ is not dict and not isinstance(metrics, Mapping):
             raise ConfigurationError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
         if step is not None and (step.__class__ is not int or step < 0):
@@ -387,13 +400,16 @@ class Worker:
     def _run(self) -> None:
         poller = transport.poller((self._sock, transport.POLLIN), (self._wake_r, transport.POLLIN))
         heartbeat_at = _monotonic() + self.settings.heartbeat_interval
+        resources_at = _monotonic() + self.settings.system_metrics_interval
+        with contextlib.suppress(Exception):  # psutil can fail in odd sandboxes: then no resource metrics
+            self._sampler = ResourceSampler(self.run_id)
         flush_at: float | None = None
         close_deadline: float | None = None
         goodbye_queued = False
         try:
             while True:
                 now = _monotonic()
-                timeout = heartbeat_at - now
+                timeout = min(heartbeat_at, resources_at) - now
                 if flush_at is not None:
                     timeout = min(timeout, flush_at - now)
                 if self._outbox:
@@ -423,6 +439,11 @@ class Worker:
                                           dict(self._dropped)), 0, False)  # fmt: skip
                     goodbye_queued = True
                 self._pump()
+                if now >= resources_at:
+                    resources_at = now + self.settings.system_metrics_interval
+                    if self._sampler is not None and not self._closing:
+                        self._enqueue(self._sampler.sample(), 0, False)
+                        self._pump()
                 if now >= heartbeat_at:
                     heartbeat_at = now + self.settings.heartbeat_interval
                     if not self._outbox and not self._closing:
@@ -441,6 +462,8 @@ class Worker:
             log.exception("rank %d: the simvue_hpc I/O thread failed", self.rank)
             self._detached_reason = "the I/O thread failed"
         finally:
+            if self._sampler is not None:
+                self._sampler.close()
             transport.close(self._sock)
             self._ctx.term()
             for wait in self._file_waits.values():
@@ -512,8 +535,21 @@ class Worker:
                 log.error("rank %d: the aggregator stopped taking data: %s", self.rank, message.reason)
                 self._detached_reason = message.reason
                 self._dropping = True
+            elif isinstance(message, Notice) and message.kind == "abort":
+                self._abort(message.message)
             elif isinstance(message, Notice):
                 log.warning("rank %d: aggregator notice (%s): %s", self.rank, message.kind, message.message)
+
+    def _abort(self, reason: str) -> None:
+        """The run was aborted: the next ``log`` raises RunAborted in the calling thread, or, with
+        ``on_abort="terminate"``, the process gets SIGTERM (handled in its main thread, which flushes
+        and closes on the way out; never an exit from this thread)."""
+        if self.abort_reason is not None:
+            return
+        self.abort_reason = reason or "abort requested"
+        log.warning("rank %d: the run was aborted: %s", self.rank, self.abort_reason)
+        if self.settings.on_abort == "terminate":
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _shutdown_socket(self) -> None:
         transport.close(self._sock)

@@ -2,8 +2,9 @@
 
 Protocol with the host: the host writes the JSON spec as one line on stdin; the child answers
 ``{"endpoint": ...}`` (or ``{"error": ...}``) as one line on stdout, runs the run, and prints
-``{"status": ...}`` when it is over. The end of stdin means the host is done or dead; SIGTERM ends
-the run at once, everything received kept.
+``{"status": ...}`` when it is over. The end of stdin means the host is done or dead. SIGTERM marks
+the run terminated and ends it after ``terminate_grace``; SIGUSR1 (the host giving up waiting) ends
+it at once; everything received is kept either way.
 """
 
 from __future__ import annotations
@@ -27,11 +28,24 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="simvue_hpc aggregator: %(levelname)s %(message)s")
     stop = threading.Event()
+    service: AggregatorService | None = None
+    terminating = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        # SIGTERM (scancel, a time limit) ends the run as terminated after a short grace for the
+        # ranks' last data; a second SIGTERM ends it at once.
+        nonlocal terminating
+        if service is not None and not terminating:
+            terminating = True
+            service.request_terminate(f"signal {signal.Signals(signum).name}")
+        else:
+            stop.set()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()  # the host gave up waiting: store what is pending and end now
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides; a terminal's Ctrl-C is for it
     stdin_fd = sys.stdin.fileno()
     line = b""

@@ -9,12 +9,14 @@ aggregator's work off the host's GIL; benchmarks/README.md has the measurements 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -85,9 +87,13 @@ class AggregatorService:
         self._out_seq: dict[bytes, int] = {}
         self.endpoint = ""
         self.status: str | None = None
+        self._hostname = socket.gethostname()
+        self._seen_alive: set[bytes] = set()
         self.uploaded: bool | None = None  # None: no server configured
         self._upload: LiveUpload | None = None
         self._close_request: tuple[str | None, str] | None = None  # set from another thread
+        self._terminate_request: str | None = None  # set from a signal handler
+        self._events: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
 
     def bind(self, kind: str) -> str:
         """Bind the socket and create the store; errors surface here, in the caller."""
@@ -118,6 +124,7 @@ class AggregatorService:
             run_id=self.spec.run_id, run_name=self.spec.run_name, secret=self.spec.secret,
             expected_ranks=self.spec.expected_ranks, host_rank=self.spec.host_rank,
             step_timeout=s.step_timeout, rank_timeout=s.rank_timeout, close_timeout=s.close_timeout,
+            system_metrics_interval=s.system_metrics_interval, terminate_grace=s.terminate_grace,
             reductions=parse_reductions(self.spec.reductions),
         )  # fmt: skip
         now = self._clock()
@@ -154,7 +161,15 @@ class AggregatorService:
                     log.info("the host process is gone; closing once the other ranks have")
                     poller.unregister(control_fd)
                     control_fd = None
-                    state.begin_close(now)
+                    self._perform(state, state.host_gone(now))
+                if self._terminate_request is not None:
+                    self._perform(state, state.terminate(self._terminate_request, now))
+                    self._terminate_request = None
+                if self._upload is not None and self._upload.abort_requested and state.aborted is None:
+                    self._perform(state, state.abort("abort requested on the Simvue server"))
+                while self._events:  # before a close requested after them
+                    text, level = self._events.popleft()
+                    self._perform(state, state.record_event(text, level, self._hostname))
                 if self._close_request is not None:
                     status, reason = self._close_request
                     self._close_request = None
@@ -170,6 +185,7 @@ class AggregatorService:
                 if now >= sync_at:
                     self._store.sync()
                     sync_at = now + SYNC_INTERVAL
+                    self._check_local_ranks(state)
         finally:
             for sink in self._sinks.values():
                 sink.abort()
@@ -180,6 +196,23 @@ class AggregatorService:
                 timeout = ServerSettings(**self.spec.server).upload_timeout if self.spec.server else 0.0
                 self.uploaded = self._upload.finish(timeout if self.status else 0.0)
         return self.status or "failed"
+
+    def _check_local_ranks(self, state: AggregatorState) -> None:
+        """Ranks on this host whose process has exited are lost at once. Only a pid once seen alive
+        counts: a rank in another pid namespace (a container) may share the host name."""
+        for identity, pid in state.live_pids_on(self._hostname).items():
+            if _pid_alive(pid):
+                self._seen_alive.add(identity)
+            elif identity in self._seen_alive:
+                self._perform(state, state.process_exited(identity))
+
+    def record_event(self, message: str, level: str = "info") -> None:
+        """From any thread: an event of this host's own (the sidecar's), stored in order."""
+        self._events.append((message, level))
+
+    def request_terminate(self, reason: str) -> None:
+        """From a signal handler: mark the run terminated and close it within ``terminate_grace``."""
+        self._terminate_request = reason
 
     def request_close(self, status: str | None = None, reason: str = "") -> None:
         """From any thread: start closing the run (the other ranks get ``close_timeout`` to say
@@ -226,6 +259,16 @@ class AggregatorService:
         self._perform(state, state.file_done(action.sha256, True))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _read_or_eof(fd: int) -> bool:
     try:
         return bool(os.read(fd, 4096))
@@ -252,6 +295,12 @@ class ThreadHost:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def request_terminate(self, reason: str) -> None:
+        self._service.request_terminate(reason)
+
+    def record_event(self, message: str, level: str = "info") -> None:
+        self._service.record_event(message, level)
 
     def request_close(self, status: str | None = None, reason: str = "") -> None:
         self._service.request_close(status, reason)
@@ -304,7 +353,7 @@ class ProcessHost:
         answer = _read_line(self._proc.stdout, timeout)
         if answer is None:
             log.warning("the aggregator did not finish within %.0f s; asking it to stop now", timeout)
-            self._proc.send_signal(signal.SIGTERM)
+            self._proc.send_signal(signal.SIGUSR1)
             answer = _read_line(self._proc.stdout, 10)
         try:
             self._proc.wait(10)

@@ -12,8 +12,10 @@ When a step is final
     every point it will ever send for a step below its progress has arrived. Step ``s`` of a metric
     is therefore final once every live contributor's progress exceeds ``s`` (or the contributor has
     closed or been lost). Until the metric's set of contributors is *settled* (all expected ranks
-    joined and every live rank has logged it, or ``step_timeout`` since the metric first appeared)
-    nothing of it is final, so a slow rank's first step is not mistaken for a single-rank metric.
+    joined and every live rank has logged it; in a pool, where ranks come and go, every live rank
+    that logs anything has logged it and ``JOIN_GRACE`` has passed; or ``step_timeout`` since the
+    metric first appeared) nothing of it is final, so a slow rank's first step is not mistaken for a
+    single-rank metric.
     Points waiting longer than ``step_timeout`` are forced out (the bounded wait). A point that
     arrives for a step already final is *late*: it is reduced among the late points and stored as
     a record flagged ``late``, never dropped.
@@ -31,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from ..alerts import AlertEvaluator, Transition
 from ..protocol import (
     AlertDefinition,
+    AlertState,
     Event,
     FileChunk,
     FileOffer,
@@ -44,7 +48,9 @@ from ..protocol import (
     Hello,
     Message,
     MetricBatch,
+    Notice,
     Reject,
+    Resources,
     RunUpdate,
     Status,
     Welcome,
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max
 LIVE, CLOSED, LOST = "live", "closed", "lost"
+LIVE_RANKS = "simvue_hpc/live_ranks"  # the aggregator's metric of how many ranks are live
+JOIN_GRACE = 1.0  # seconds a new metric waits for pool children that may still be connecting
 SHA256 = re.compile(r"[0-9a-f]{64}")  # what the store accepts as a file's name
 
 
@@ -130,6 +138,8 @@ class AggregatorConfig:
     step_timeout: float = 10.0
     rank_timeout: float = 60.0
     close_timeout: float = 60.0
+    system_metrics_interval: float = 30.0
+    terminate_grace: float = 5.0
     reductions: Mapping[str, Reduction] = field(default_factory=dict)
 
 
@@ -191,7 +201,15 @@ class AggregatorState:
         self._rejected: set[bytes] = set()
         self._ending: dict[str, list[str]] = {}  # failed / terminated -> who said so and why
         self._closing_since: float | None = None
+        self._close_deadline: float | None = None
         self.finished = False
+        self._alerts = AlertEvaluator()
+        self.aborted: str | None = None
+        self._live_reported = 0
+        self._live_step = 0
+        self._resources: dict[bytes, tuple[float, Resources]] = {}
+        self._resources_step = 0
+        self._resources_due = now + config.system_metrics_interval
         self.counters = {
             "points_received": 0,
             "points_stored": 0,
@@ -225,10 +243,14 @@ class AggregatorState:
             peer.state = LIVE
             self._record_rank(peer, "joined", out, returned=True)
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
+            self._live_changed(out)
         if isinstance(msg, MetricBatch):
             self._ingest(peer, msg, now)
+        elif isinstance(msg, Resources):
+            self._resources[identity] = (now, msg)
         elif isinstance(msg, Event):
             self.counters["events"] += 1
+            self._alerts.observe_event(msg.message, msg.time_ns // 1000)
             out.append(Append(RecordType.EVENT, {
                 "message": msg.message, "time_us": msg.time_ns // 1000,
                 "rank": peer.rank, "host": peer.host, "level": msg.level,
@@ -249,7 +271,20 @@ class AggregatorState:
         elif isinstance(msg, FolderDetails):
             out.append(Append(RecordType.FOLDER, msg.body()))
         elif isinstance(msg, AlertDefinition):
-            out.append(Append(RecordType.ALERT, dict(msg.definition)))
+            try:
+                self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
+            except ValueError as exc:
+                self._event(f"alert from rank {peer.rank} not evaluated: {exc}", "warning", out)
+            else:
+                out.append(Append(RecordType.ALERT, dict(msg.definition)))
+        elif isinstance(msg, AlertState):
+            try:
+                transitions = self._alerts.set_user_state(msg.name, msg.state, self._wall_ns() // 1000)
+            except ValueError as exc:
+                self._event(f"alert state from rank {peer.rank} ignored: {exc}", "warning", out)
+            else:
+                for transition in transitions:
+                    self._transition(transition, now, out)
         elif isinstance(msg, Status):
             out += self.set_status(msg.status, msg.reason, rank=peer.rank, host=peer.host)
         else:
@@ -281,10 +316,51 @@ class AggregatorState:
             "status": status, "time_us": self._wall_ns() // 1000, "rank": rank, "reason": reason,
         })]  # fmt: skip
 
-    def begin_close(self, now: float) -> None:
-        """Start the closing countdown (the host said goodbye, died, or the sidecar's command ended)."""
+    def record_event(self, message: str, level: str, host: str | None) -> list[Action]:
+        """An event from outside the ranks (the sidecar): stored like a rank's, seen by event alerts."""
+        self.counters["events"] += 1
+        time_us = self._wall_ns() // 1000
+        self._alerts.observe_event(message, time_us)
+        return [Append(RecordType.EVENT, {"message": message, "time_us": time_us, "rank": None, "host": host,
+                                          "level": level})]  # fmt: skip
+
+    def begin_close(self, now: float, timeout: float | None = None) -> None:
+        """Start the closing countdown (the host said goodbye, died, or the sidecar's command ended);
+        the other ranks get ``timeout`` (default ``close_timeout``) to say goodbye."""
         if self._closing_since is None:
             self._closing_since = now
+        deadline = now + (self.config.close_timeout if timeout is None else timeout)
+        self._close_deadline = deadline if self._close_deadline is None else min(self._close_deadline, deadline)
+
+    def terminate(self, reason: str, now: float) -> list[Action]:
+        """SIGTERM or SIGINT reached the aggregator (``scancel``, a time limit): mark the run terminated
+        and close within ``terminate_grace``, keeping what the ranks flush meanwhile."""
+        out = self.set_status("terminated", reason)
+        self.begin_close(now, self.config.terminate_grace)
+        return out
+
+    def host_gone(self, now: float) -> list[Action]:
+        """The host process ended; without a goodbye it died, and the run failed."""
+        host = self._ranks.get(self.config.host_rank) if self.config.host_rank is not None else None
+        out: list[Action] = []
+        if host is not None and host.state != CLOSED:
+            out += self.set_status("failed", f"the host process (rank {host.rank}) died without closing the run")
+        self.begin_close(now)
+        return out
+
+    def abort(self, reason: str) -> list[Action]:
+        """Ask every rank to stop (the server's abort flag, or an alert with abort): each live rank is
+        told now, a rank that joins later as soon as it does."""
+        out: list[Action] = []
+        if self.aborted is not None or self.finished:
+            return out
+        self.aborted = reason
+        self._event(f"the run was aborted: {reason}", "warning", out)
+        out += self.set_status("terminated", f"aborted: {reason}")
+        for peer in self._peers.values():
+            if peer.state == LIVE:
+                out.append(Reply(peer.identity, Notice("abort", reason)))
+        return out
 
     def tick(self, now: float) -> list[Action]:
         """Timers: lost ranks, final steps, the end of the run."""
@@ -293,16 +369,30 @@ class AggregatorState:
             return out
         for peer in self._peers.values():
             if peer.state == LIVE and now - peer.last_seen > self.config.rank_timeout:
-                peer.state = LOST
-                self._record_rank(peer, "lost", out)
-                silent = now - peer.last_seen
-                self._event(f"rank {peer.rank} on {peer.host} lost: silent for {silent:.0f} s", "warning", out)
-                self._drop_transfers_of(peer.identity, out)
+                self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
         self._reduce(now, out, final=False)
-        if self._closing_since is not None:
+        for transition in self._alerts.evaluate(self._wall_ns() // 1000):
+            self._transition(transition, now, out)
+        if now >= self._resources_due:
+            self._resources_due = now + self.config.system_metrics_interval
+            self._report_resources(now, out)
+        if self._closing_since is not None and self._close_deadline is not None:
             done = all(p.state != LIVE for p in self._peers.values()) and self._all_joined()
-            if done or now - self._closing_since >= self.config.close_timeout:
+            if done or now >= self._close_deadline:
                 self._finish(now, out)
+        return out
+
+    def live_pids_on(self, host: str) -> dict[bytes, int]:
+        """Live ranks on ``host`` (the aggregator's own), so the loop can see which have exited."""
+        return {p.identity: p.pid for p in self._peers.values() if p.state == LIVE and p.host == host}
+
+    def process_exited(self, identity: bytes) -> list[Action]:
+        """The process of a live rank on this host has exited without a goodbye: lost now, rather
+        than after ``rank_timeout`` of silence."""
+        out: list[Action] = []
+        peer = self._peers.get(identity)
+        if peer is not None and peer.state == LIVE:
+            self._lose(peer, f"its process (pid {peer.pid}) exited without saying goodbye", out)
         return out
 
     def finish_now(self, now: float) -> list[Action]:
@@ -337,7 +427,7 @@ class AggregatorState:
 
     def next_deadline(self, now: float) -> float:
         """Latest time the loop may wait before calling :meth:`tick` again."""
-        return now + min(0.05, self.config.step_timeout / 4)
+        return now + min(0.05, self.config.step_timeout / 4)  # alerts and resources are due far less often
 
     def ranks(self) -> dict[int, str]:
         """Rank -> state, for reports."""
@@ -357,7 +447,9 @@ class AggregatorState:
             )))  # fmt: skip
             return
         if rank < 0:
-            floor = max(self.config.expected_ranks or 1, 1)
+            # Past the world when there is one; from 1 in a pool (the parent is 0); from 0 under a
+            # sidecar, which is no rank itself.
+            floor = self.config.expected_ranks or (0 if self.config.host_rank is None else 1)
             rank = max([floor - 1, *self._ranks]) + 1
         peer = _Peer(identity, rank, msg.host, msg.pid, last_seen=now, next_seq=seq + 1)
         old = self._peers.pop(identity, None)
@@ -380,6 +472,9 @@ class AggregatorState:
                 metric.reduction = reduction
         self._record_rank(peer, "joined", out)
         out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
+        if self.aborted is not None:
+            out.append(Reply(identity, Notice("abort", self.aborted)))
+        self._live_changed(out)
 
     def _sequence(self, peer: _Peer, seq: int, out: list[Action]) -> None:
         gap = (seq - peer.next_seq) & 0xFFFFFFFF
@@ -428,10 +523,16 @@ class AggregatorState:
         """Largest final step of ``metric`` from the contributors' progress alone."""
         live = [p for r in metric.contributors if (p := self._ranks.get(r)) is not None and p.state == LIVE]
         if not metric.settled:
-            everyone = {p.rank for p in self._peers.values() if p.state == LIVE}
-            if (self._all_joined() and everyone <= metric.contributors) or (
-                now - metric.first_seen >= self.config.step_timeout
-            ):
+            age = now - metric.first_seen
+            live_ranks = [p for p in self._peers.values() if p.state == LIVE]
+            if self.config.expected_ranks is None:
+                # Ranks come and go (a pool): wait for those that log at all, not for a parent that
+                # never does, after a short grace for children still connecting.
+                everyone = {p.rank for p in live_ranks if p.progress > INT64_MIN}
+                ready = everyone <= metric.contributors and age >= min(JOIN_GRACE, self.config.step_timeout)
+            else:
+                ready = self._all_joined() and {p.rank for p in live_ranks} <= metric.contributors
+            if ready or age >= self.config.step_timeout:
                 metric.settled = True
         if not metric.settled:
             # Even with no live contributor left (all closed or lost): a rank that has not joined
@@ -522,14 +623,14 @@ class AggregatorState:
         used, local = np.unique(out_id, return_inverse=True)
         values = np.concatenate([p[3] for p in parts])
         self.counters["points_stored"] += len(values)
-        out.append(AppendMetrics(
+        self._append_metrics(AppendMetrics(
             names=[self._out_names[int(i)] for i in used],
             name_id=local.astype(np.uint32),
             step=np.concatenate([p[1] for p in parts]),
             time_us=np.concatenate([p[2] for p in parts]) // 1000,
             value=values,
             late=late,
-        ))  # fmt: skip
+        ), out)  # fmt: skip
 
     def _goodbye(self, peer: _Peer, msg: Goodbye, now: float, out: list[Action]) -> None:
         if peer.state == CLOSED:  # a repeated goodbye: acknowledge again, count nothing twice
@@ -550,6 +651,7 @@ class AggregatorState:
                         f"{peer.received_points} arrived", "warning", out)  # fmt: skip
         out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
         self._drop_transfers_of(peer.identity, out)
+        self._live_changed(out)
         if self.config.host_rank is not None and peer.rank == self.config.host_rank:
             self.begin_close(now)
 
@@ -620,6 +722,81 @@ class AggregatorState:
         log.warning(message) if level != "info" else log.info(message)
         out.append(Append(RecordType.EVENT, {"message": message, "time_us": self._wall_ns() // 1000,
                                               "rank": None, "host": None, "level": level}))  # fmt: skip
+
+    def _lose(self, peer: _Peer, why: str, out: list[Action]) -> None:
+        peer.state = LOST
+        self._record_rank(peer, "lost", out)
+        self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
+        self._drop_transfers_of(peer.identity, out)
+        self._live_changed(out)
+
+    def _append_metrics(self, action: AppendMetrics, out: list[Action]) -> None:
+        """Store reduced points; the alerts see exactly what is stored."""
+        out.append(action)
+        self._alerts.observe_metrics(action.names, action.name_id, action.time_us, action.value)
+
+    def _series(self, values: dict[str, float], step: int, out: list[Action]) -> None:
+        """One point per name at ``step``, now: the aggregator's own metrics (live ranks, resources)."""
+        n = len(values)
+        self._append_metrics(AppendMetrics(
+            names=list(values), name_id=np.arange(n, dtype=np.uint32), step=np.full(n, step, dtype=np.int64),
+            time_us=np.full(n, self._wall_ns() // 1000, dtype=np.int64),
+            value=np.array(list(values.values()), dtype=np.float64),
+        ), out)  # fmt: skip
+
+    def _live_changed(self, out: list[Action]) -> None:
+        live = sum(1 for p in self._peers.values() if p.state == LIVE)
+        if live != self._live_reported:
+            self._live_reported = live
+            self._series({LIVE_RANKS: float(live)}, self._live_step, out)
+            self._live_step += 1
+
+    def _report_resources(self, now: float, out: list[Action]) -> None:
+        """Per node: the sum over its ranks' processes; the job: the sum over nodes (CPU, memory) and
+        the mean over nodes (each GPU index). Per-node series only when there are several nodes."""
+        fresh = 2 * self.config.system_metrics_interval
+        nodes: dict[str, list[float]] = {}
+        gpus: dict[str, dict[int, tuple[float, float]]] = {}
+        for identity, (seen, report) in list(self._resources.items()):
+            peer = self._peers.get(identity)
+            if peer is None or peer.state != LIVE or now - seen > fresh:
+                del self._resources[identity]
+                continue
+            cpu_mem = nodes.setdefault(peer.host, [0.0, 0.0])
+            cpu_mem[0] += report.cpu_percent
+            cpu_mem[1] += report.memory_mb
+            for index, util, mem in report.gpus:
+                gpus.setdefault(peer.host, {})[int(index)] = (util, mem)
+        if not nodes:
+            return
+        values = {
+            "resources/cpu.usage.percentage": sum(c for c, _ in nodes.values()),
+            "resources/cpu.usage.memory": sum(m for _, m in nodes.values()),
+        }
+        for index in sorted({i for per_node in gpus.values() for i in per_node}):
+            seen_on = [per_node[index] for per_node in gpus.values() if index in per_node]
+            values[f"resources/gpu.utilisation.percent.{index}"] = sum(u for u, _ in seen_on) / len(seen_on)
+            values[f"resources/gpu.utilisation.memory.{index}"] = sum(m for _, m in seen_on) / len(seen_on)
+        if len(nodes) > 1:
+            for host, (cpu, mem) in sorted(nodes.items()):
+                values[f"resources/{host}/cpu.usage.percentage"] = cpu
+                values[f"resources/{host}/cpu.usage.memory"] = mem
+                for index, (util, gmem) in sorted(gpus.get(host, {}).items()):
+                    values[f"resources/{host}/gpu.utilisation.percent.{index}"] = util
+                    values[f"resources/{host}/gpu.utilisation.memory.{index}"] = gmem
+        self._series(values, self._resources_step, out)
+        self._resources_step += 1
+
+    def _transition(self, transition: Transition, now: float, out: list[Action]) -> None:
+        """An alert changed state: an event and an ALERT_STATE record; an abort if it asks for one."""
+        level = "warning" if transition.status == "critical" else "info"
+        self._event(transition.message, level, out)
+        out.append(Append(RecordType.ALERT_STATE, {
+            "name": transition.name, "status": transition.status, "time_us": transition.time_us,
+            "message": transition.message,
+        }))  # fmt: skip
+        if transition.abort:
+            out += self.abort(f"alert '{transition.name}' is critical")
 
     def _finish(self, now: float, out: list[Action]) -> None:
         self._reduce(now, out, final=True)

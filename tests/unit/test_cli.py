@@ -74,7 +74,15 @@ def root(tmp_path: Path) -> Path:
                 "host": "node1",
             },
         )
-        w.append(RecordType.ALERT, {"name": "loss-high", "source": "metrics", "threshold": 10})
+        w.append(
+            RecordType.ALERT,
+            {
+                "name": "loss-high",
+                "source": "metrics",
+                "alert": {"rule": "is above", "metric": "loss", "threshold": 10},
+            },
+        )
+        w.append(RecordType.ALERT_STATE, {"name": "loss-high", "status": "critical", "time_us": 1, "message": "m"})
         w.append(RecordType.RANK, {"rank": 1, "host": "node2", "pid": 101, "state": "lost"})
         w.append(RecordType.END, {"status": "failed", "time_us": T0 + 3_600_000_000, "lost_ranks": [1]})
     with RunWriter.create(tmp_path, "BBBBeval00000000000000") as w:
@@ -130,7 +138,7 @@ def test_show(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "  ... 11 earlier events omitted",
         "files (1)",
         "alerts (1)",
-        "  loss-high: source=metrics, threshold=10",
+        "  loss-high [critical]: rule=is above, metric=loss, threshold=10",
         "ranks (2)",
     ):
         assert line in out.splitlines(), line

@@ -19,6 +19,7 @@ from simvue_hpc.protocol import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     AlertDefinition,
+    AlertState,
     Event,
     FileChunk,
     FileOffer,
@@ -33,6 +34,7 @@ from simvue_hpc.protocol import (
     MsgType,
     Notice,
     Reject,
+    Resources,
     RunUpdate,
     Status,
     Welcome,
@@ -116,6 +118,16 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
     Goodbye: st.builds(Goodbye, sent_points=ints, dropped_points=ints, dropped=st.dictionaries(text, ints, max_size=4)),
     GoodbyeAck: st.builds(GoodbyeAck, received_points=ints),
     Notice: st.builds(Notice, kind=st.sampled_from(["warning", "abort"]), message=text),
+    AlertState: st.builds(AlertState, name=text, state=st.sampled_from(["ok", "critical"])),
+    Resources: st.builds(
+        Resources,
+        time_ns=ints,
+        cpu_percent=st.floats(0, 1e4),
+        memory_mb=st.floats(0, 1e7),
+        gpus=st.lists(
+            st.tuples(st.integers(0, 7).map(float), st.floats(0, 100), st.floats(0, 100)).map(list), max_size=4
+        ),
+    ),
 }
 any_message = st.one_of(*MESSAGES.values())
 seqs = st.integers(min_value=0, max_value=2**32 - 1)
@@ -440,6 +452,8 @@ def _sample(cls: type[Message]) -> Message:
         Goodbye: Goodbye(1, 2, {"a": 2}),
         GoodbyeAck: GoodbyeAck(1),
         Notice: Notice("abort", "stop"),
+        AlertState: AlertState("manual", "critical"),
+        Resources: Resources(1, 12.5, 300.0, [[0.0, 80.0, 40.0]]),
     }[cls]
 
 
@@ -472,6 +486,8 @@ WRONG: dict[str, list[Any]] = {
     "str | None": [1, b"x", False],
     "dict[str, list[str]]": [[], {"x": "sum"}, {"x": 5}, {"x": [1]}, {b"x": ["sum"]}, {"x": None}],
     "dict[str, int]": [[], {"a": "1"}, {"a": True}, {b"a": 1}, {"a": 1.5}, {"a": None}],
+    "float": [True, "1.5", None, [1.0], b"1"],
+    "list[list[float]]": [[1.0], [["1"]], [[True]], "x", [[None]], {"a": [1.0]}],
 }
 
 

@@ -23,8 +23,10 @@ from simvue_hpc.aggregator.state import (
     Finish,
     Reply,
 )
+from simvue_hpc.alerts import metric_alert, user_alert
 from simvue_hpc.protocol import (
     AlertDefinition,
+    AlertState,
     Event,
     FileChunk,
     FileOffer,
@@ -36,7 +38,9 @@ from simvue_hpc.protocol import (
     Hello,
     Message,
     MetricBatch,
+    Notice,
     Reject,
+    Resources,
     RunUpdate,
     Status,
     Welcome,
@@ -44,6 +48,7 @@ from simvue_hpc.protocol import (
 from simvue_hpc.store import RecordType
 
 SECRET = "s3cret"
+OWN = ("simvue_hpc/", "resources/")
 WALL0 = 1_700_000_000_000_000_000
 SHA = "a" * 64
 SHA2 = "b" * 64
@@ -140,6 +145,8 @@ def stored(actions: list[Action], late: bool | None = False) -> dict[tuple[str, 
     """(name, step) -> value over every AppendMetrics (of the given lateness); a key may appear only once."""
     out: dict[tuple[str, int], float] = {}
     for a in actions:
+        if isinstance(a, AppendMetrics) and a.names[0].startswith(OWN):
+            continue  # the aggregator's own series (live ranks, resources) are tested on their own
         if isinstance(a, AppendMetrics) and (late is None or a.late == late):
             assert len(a.name_id) == len(a.step) == len(a.time_us) == len(a.value)
             assert a.name_id.dtype == np.uint32
@@ -151,7 +158,7 @@ def stored(actions: list[Action], late: bool | None = False) -> dict[tuple[str, 
 
 
 def metric_actions(actions: list[Action]) -> list[AppendMetrics]:
-    return [a for a in actions if isinstance(a, AppendMetrics)]
+    return [a for a in actions if isinstance(a, AppendMetrics) and not a.names[0].startswith(OWN)]
 
 
 def finishes(actions: list[Action]) -> list[str]:
@@ -788,8 +795,92 @@ def test_event_run_update_folder_and_alert_records() -> None:
     assert h.send(ident(0), RunUpdate()) == []
     out = h.send(ident(0), FolderDetails("/p", tags=["t"]))
     assert records(out, RecordType.FOLDER) == [{"path": "/p", "metadata": None, "tags": ["t"], "description": None}]
-    out = h.send(ident(0), AlertDefinition({"name": "al", "source": "metrics"}))
-    assert records(out, RecordType.ALERT) == [{"name": "al", "source": "metrics"}]
+    definition = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=3)
+    out = h.send(ident(0), AlertDefinition(definition))
+    assert records(out, RecordType.ALERT) == [definition]
+    # an invalid definition (only a broken client sends one) is refused with a warning, not recorded:
+    # the server would refuse it too, and its 422 would stop the upload
+    out = h.send(ident(0), AlertDefinition({"name": "bad", "source": "metrics"}))
+    assert records(out, RecordType.ALERT) == [] and any("not evaluated" in m for m in events(out, "warning"))
+
+
+# --------------------------------------------------------------------------------------------- issue 4
+def test_abort_tells_every_live_rank_and_later_joiners_and_terminates_the_run() -> None:
+    h = Harness(expected_ranks=3)
+    joined(h, 0, 1)
+    out = h.state.abort("stop now")
+    assert replies(out, 0) == [Notice("abort", "stop now")] and replies(out, 1) == [Notice("abort", "stop now")]
+    assert h.state.abort("again") == []  # once
+    late = h.hello(2)
+    assert replies(late, 2) == [Welcome(2, "run-1", "the-run"), Notice("abort", "stop now")]
+    for r in (0, 1, 2):
+        h.goodbye(r)
+    (end,) = records(h.tick(), RecordType.END)
+    assert end["status"] == "terminated"
+
+
+def test_live_ranks_metric_follows_joins_goodbyes_and_losses() -> None:
+    h = Harness(expected_ranks=3, rank_timeout=5.0)
+    joined(h, 0, 1, 2)
+    h.goodbye(2)
+    h.tick(6.0)  # 0 and 1 lost
+    live = [
+        (int(a.step[0]), a.value[0])
+        for a in h.actions
+        if isinstance(a, AppendMetrics) and a.names == ["simvue_hpc/live_ranks"]
+    ]
+    assert live == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 2.0), (4, 1.0), (5, 0.0)]
+
+
+def test_resources_are_summed_per_node_and_over_nodes() -> None:
+    h = Harness(expected_ranks=3, system_metrics_interval=1.0)
+    joined(h, 0, 1, 2)  # hosts node0, node1, node2
+    h.state._peers[ident(1)].host = "node0"  # ranks 0 and 1 share a node
+    h.send(ident(0), Resources(1, 50.0, 100.0, [[0, 80.0, 40.0]]))
+    h.send(ident(1), Resources(1, 30.0, 200.0))
+    h.send(ident(2), Resources(1, 100.0, 50.0, [[0, 20.0, 10.0]]))
+    out = h.tick(1.0)
+    (a,) = [a for a in out if isinstance(a, AppendMetrics)]
+    got = dict(zip(a.names, a.value.tolist(), strict=True))
+    assert got["resources/cpu.usage.percentage"] == 180.0 and got["resources/cpu.usage.memory"] == 350.0
+    assert got["resources/gpu.utilisation.percent.0"] == 50.0 and got["resources/gpu.utilisation.memory.0"] == 25.0
+    assert got["resources/node0/cpu.usage.percentage"] == 80.0 and got["resources/node2/cpu.usage.memory"] == 50.0
+
+
+def test_terminate_closes_within_the_grace_and_marks_terminated() -> None:
+    h = Harness(close_timeout=100.0, terminate_grace=2.0)
+    joined(h, 0, 1)
+    h.state.terminate("signal SIGTERM", h.now)
+    assert finishes(h.tick(1.0)) == []
+    out = h.tick(1.5)
+    assert finishes(out) == ["terminated"]
+    assert records(out, RecordType.END)[0]["missing_ranks"] == [0, 1]
+
+
+def test_an_alert_transition_is_an_event_a_state_record_and_maybe_an_abort() -> None:
+    h = Harness()
+    joined(h, 0, 1)
+    definition = metric_alert("hot", "is above", "t", frequency=0.01, window=0.05, threshold=5, abort=True)
+    h.send(ident(0), AlertDefinition(definition))
+    for step in range(3):
+        h.log(0, [("t", step, 9.0)])
+        h.log(1, [("t", step, 9.0)])
+    h.goodbye(1)
+    h.wall += 700_000_000  # 0.7 s later on the wall clock: one frequency (0.6 s) has passed
+    out = h.tick(1.0)
+    assert records(out, RecordType.ALERT_STATE)[0]["status"] == "critical"
+    assert any("'hot' is critical" in m for m in events(out, "warning"))
+    assert replies(out, 0) == [Notice("abort", "alert 'hot' is critical")]
+
+
+def test_user_alert_state_from_a_rank() -> None:
+    h = Harness()
+    joined(h, 0, 1)
+    h.send(ident(0), AlertDefinition(user_alert("manual")))
+    out = h.send(ident(1), AlertState("manual", "critical"))
+    assert records(out, RecordType.ALERT_STATE)[0]["status"] == "critical"
+    out = h.send(ident(1), AlertState("nonexistent", "critical"))
+    assert records(out, RecordType.ALERT_STATE) == [] and events(out, "warning")
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -1,0 +1,216 @@
+"""Alerts, abort, liveness, resource metrics and the run's lifecycle, decided at the aggregator."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simvue_hpc import RunAborted, Simvue
+from simvue_hpc.store import list_runs, load_run
+from tests.helpers import only_run
+
+pytest_plugins = ["tests.server.fixtures"]
+
+WORKERS = 4
+FAST_MINUTES = 0.005  # 0.3 s: alert frequency and window for tests
+_run: Simvue | None = None
+_barrier: Any = None
+
+
+def test_metric_alert_fires_and_recovers_offline(store: Path) -> None:
+    with Simvue(aggregator="thread") as run:
+        run.init(name="alerting")
+        run.create_metric_threshold_alert("x high", "x", 10, "is above", frequency=FAST_MINUTES, window=FAST_MINUTES)
+        for value, seconds in ((20.0, 1.2), (1.0, 1.2)):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                run.log({"x": value})
+                time.sleep(0.005)
+    view = only_run(store)
+    assert view.alert_states["x high"]["status"] == "ok"
+    messages = [e["message"] for e in view.events]
+    critical = [m for m in messages if "'x high' is critical" in m]
+    recovered = [m for m in messages if "'x high' is ok" in m]
+    assert critical and recovered and messages.index(critical[0]) < messages.index(recovered[0])
+    assert view.status == "completed"
+
+
+def test_user_and_event_alerts(store: Path) -> None:
+    with Simvue(aggregator="thread") as run:
+        run.init(name="user-alerts")
+        run.create_user_alert("manual")
+        run.create_event_alert("diverged", "diverg", frequency=FAST_MINUTES)
+        run.log_alert(name="manual", state="critical")
+        run.event("the solver diverged at step 10")
+        time.sleep(0.8)
+    view = only_run(store)
+    assert view.alert_states["manual"]["status"] == "critical"
+    assert any("'diverged' is critical" in e["message"] for e in view.events)
+
+
+def _until_aborted(task: int) -> tuple[int, float]:
+    assert _run is not None
+    _barrier.wait(timeout=60)
+    step = 0
+    try:
+        while True:
+            _run.log({"u": 100.0 if task == 0 and step > 50 else 1.0}, step=step)
+            step += 1
+            time.sleep(0.002)
+    except RunAborted:
+        return step, time.monotonic()
+
+
+def test_alert_with_abort_stops_every_rank(store: Path) -> None:
+    global _run, _barrier
+    ctx = mp.get_context("fork")
+    _barrier = ctx.Barrier(WORKERS)
+    _run = Simvue(heartbeat_interval=0.5)
+    _run.init(name="abort-on-alert")
+    _run.create_metric_threshold_alert(
+        "runaway", "u.max", 50, "is above", frequency=FAST_MINUTES, window=FAST_MINUTES, trigger_abort=True
+    )
+    with ctx.Pool(WORKERS) as pool:
+        results = pool.map(_until_aborted, range(WORKERS), chunksize=1)
+    _run.close()
+    assert all(steps > 50 for steps, _ in results)  # every rank stopped, after the metric crossed
+    view = only_run(store)
+    assert view.status == "terminated"
+    assert any("aborted" in e["message"] and "runaway" in e["message"] for e in view.events)
+
+
+def test_server_abort_reaches_every_rank(simvue_online: Any, store: Path) -> None:
+    global _run, _barrier
+    ctx = mp.get_context("fork")
+    _barrier = ctx.Barrier(WORKERS)
+    _run = Simvue()
+    _run.init(name="abort-from-server")
+    with ctx.Pool(WORKERS) as pool:
+        pending = pool.map_async(_until_aborted, range(WORKERS), chunksize=1)
+        deadline = time.monotonic() + 30
+        while not simvue_online.db.runs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (doc,) = simvue_online.db.runs()
+        asked = time.monotonic()
+        simvue_online.set_abort(doc["id"])
+        results = pending.get(timeout=60)
+    _run.close()
+    # SIMVUE_HEARTBEAT_INTERVAL is 0.5 s here: the flag is polled with the heartbeat
+    assert all(when - asked < 5.0 for _, when in results), [when - asked for _, when in results]
+    assert simvue_online.db.run(doc["id"])["status"] == "terminated"
+
+
+def test_live_ranks_and_resource_metrics(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    global _run, _barrier
+    monkeypatch.setenv("SIMVUE_HPC_SYSTEM_METRICS_INTERVAL", "0.2")
+    ctx = mp.get_context("fork")
+    _barrier = ctx.Barrier(WORKERS)
+    _run = Simvue()
+    _run.init(name="liveness")
+    with ctx.Pool(WORKERS) as pool:
+        pool.map(_burn, range(WORKERS), chunksize=1)
+    _run.close()
+    view = only_run(store)
+    live = view.metrics["simvue_hpc/live_ranks"].value.tolist()
+    assert max(live) == WORKERS + 1 and live[-1] == 0
+    cpu = view.metrics["resources/cpu.usage.percentage"].value
+    memory = view.metrics["resources/cpu.usage.memory"].value
+    assert len(cpu) >= 3 and cpu.max() > 10 and memory.min() > 10  # MB: a Python process is larger
+
+
+def _burn(task: int) -> None:
+    assert _run is not None
+    _barrier.wait(timeout=60)
+    end = time.monotonic() + 1.5
+    x = 0.0
+    while time.monotonic() < end:
+        x += sum(i * i for i in range(1000))
+        _run.log({"x": x})
+
+
+LOGGER = textwrap.dedent(
+    """
+    import sys, time
+    from simvue_hpc import Simvue
+    run = Simvue()
+    run.init(name="sigterm")
+    step = 0
+    while True:
+        run.log({"x": float(step)})
+        step += 1
+        if step == 200:
+            print("ready", flush=True)
+        time.sleep(0.001)
+    """
+)
+
+
+def test_sigterm_marks_the_run_terminated_and_keeps_every_point(store: Path, tmp_path: Path) -> None:
+    script = tmp_path / "logger.py"
+    script.write_text(LOGGER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    view = only_run(store)
+    assert view.status == "terminated"
+    (rank,) = view.ranks.values()
+    assert rank["state"] == "closed" and rank["sent_points"] == rank["received_points"] >= 200
+    assert len(view.metrics["x"].value) == rank["received_points"]
+
+
+MPI_LOGGER = textwrap.dedent(
+    """
+    import os, sys, time
+    from mpi4py import MPI
+    from simvue_hpc import Simvue
+    run = Simvue(rank_timeout=3)
+    run.init(name="mpi-killed")
+    comm = MPI.COMM_WORLD
+    open(os.path.join(sys.argv[1], f"pid_{comm.rank}"), "w").write(str(os.getpid()))
+    step = 0
+    while True:
+        run.log({"x": float(step)})
+        step += 1
+        time.sleep(0.001)
+    """
+)
+
+
+def _wait_for_end(store: Path, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list_runs(store)
+        if runs and runs[0].end is not None:
+            return load_run(runs[0].run_dir)
+        time.sleep(0.2)
+    raise AssertionError("the run did not end")
+
+
+@pytest.mark.mpi
+def test_rank_killed_with_sigkill_under_mpiexec(store: Path, tmp_path: Path) -> None:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    script = tmp_path / "mpi_logger.py"
+    script.write_text(MPI_LOGGER)
+    proc = subprocess.Popen([str(mpiexec), "-n", "3", sys.executable, str(script), str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pids = [tmp_path / f"pid_{r}" for r in range(3)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() and p.read_text() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(int(pids[2].read_text()), signal.SIGKILL)
+    proc.wait(60)  # the launcher tears the job down
+    view = _wait_for_end(store, 60)  # the aggregator outlives the job, bounded by rank_timeout
+    assert view.status == "failed"  # the host died without closing the run
+    assert 2 in view.end["lost_ranks"] or 2 in view.end["missing_ranks"]
+    assert len(view.metrics["x"].value) > 0
