@@ -161,8 +161,13 @@ def main() -> int:
     ap.add_argument("--hz", type=float, default=1000.0, help="log calls per second per process")
     ap.add_argument("--metrics", type=int, default=10)
     ap.add_argument("--aggregator", default="process", choices=("process", "thread"))
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)",
+    )
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     settings = C.parse_settings(args.set)
@@ -179,8 +184,9 @@ def main() -> int:
         from simvue_hpc import Simvue
         from simvue_hpc.store import default_root, load_run
 
-        RUN = run = Simvue(reductions={f"m{j}": ["mean", "count"] for j in range(M)}, aggregator=args.aggregator,
-                           **settings)
+        RUN = run = Simvue(
+            reductions={f"m{j}": ["mean", "count"] for j in range(M)}, aggregator=args.aggregator, **settings
+        )
         run.init(name="bench-end-to-end", folder="/bench", metadata={"P": P, "T": T, "hz": args.hz})
         agg_pid = find_aggregator(os.getpid(), args.aggregator)
         sampler = Sampler(agg_pid)

@@ -254,13 +254,21 @@ def main() -> int:
     ap.add_argument("--warmup", type=float,
                     help="seconds of logging before measuring (default 12: past the default step_timeout of 10 s, "
                          "so the steady state is measured; --quick 0.3)")  # fmt: skip
-    ap.add_argument("--configs", help="comma-separated subset of " + ",".join(PIN_CONFIGS) + " (default: all but "
-                    "process-unbound, which --pin adds: the aggregator child re-bound to every CPU after it starts)")
+    ap.add_argument(
+        "--configs",
+        help="comma-separated subset of " + ",".join(PIN_CONFIGS) + " (default: all but "
+        "process-unbound, which --pin adds: the aggregator child re-bound to every CPU after it starts)",
+    )
     ap.add_argument("--pin", action="store_true",
                     help="bind rank 0 (and so its threads and children) to CPU 0 and every other process to the "
                          "other CPUs, as mpiexec --bind-to core would")  # fmt: skip
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)",
+    )
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     args.settings = C.parse_settings(args.set)

@@ -217,7 +217,7 @@ def feeder(conn, ranks: int, frames_args: tuple, offered: float) -> None:
                 time.sleep(delay)
         for r, (_, fr) in enumerate(row):
             socks[r].send_multipart(fr, copy=False)
-            sent[r] += (len(fr[2]) // 4)
+            sent[r] += len(fr[2]) // 4
     t_sent = time.monotonic()
     order = [*range(1, ranks), 0]  # the host rank's goodbye last: it starts the close
     for r in order:
@@ -294,8 +294,9 @@ def part2(ranks: int, frames_args: tuple, tmp: Path, transport_kind: str, offere
     rate = points / seconds
     cpu = cpu1 - result["cpu0"]
     how = f"offered at {C.fmt_rate(offered)}" if offered > 0 else "as fast as the feeder can send"
-    print(f"\n   part 2: real {transport_kind} ROUTER fed by {ranks} DEALERs in another process, {how}; "
-          f"status {status}")
+    print(
+        f"\n   part 2: real {transport_kind} ROUTER fed by {ranks} DEALERs in another process, {how}; status {status}"
+    )
     C.table(
         [[f"{points}", f"{(result['t_sent'] - result['t_start']) * 1e3:.0f} ms", f"{seconds * 1e3:.0f} ms",
           f"{(t_end - result['t_sent']) * 1e3:.0f} ms", f"{cpu * 1e3:.0f} ms", C.fmt_rate(rate),
@@ -357,9 +358,11 @@ def main() -> int:
                                 args.top))  # fmt: skip
     print()
     burst = [r for r in r2 if r["offered"] == 0]
-    print(f"   target: 5 M points/s from batched frames: in-thread with store {C.fmt_rate(r1['store'])}"
-          + (f", through sockets (burst) {C.fmt_rate(burst[0]['points_per_s'])}" if burst else "")
-          + f" -> {'MET' if r1['store'] >= 5e6 and all(r['points_per_s'] >= 5e6 for r in burst) else 'NOT MET'}")
+    print(
+        f"   target: 5 M points/s from batched frames: in-thread with store {C.fmt_rate(r1['store'])}"
+        + (f", through sockets (burst) {C.fmt_rate(burst[0]['points_per_s'])}" if burst else "")
+        + f" -> {'MET' if r1['store'] >= 5e6 and all(r['points_per_s'] >= 5e6 for r in burst) else 'NOT MET'}"
+    )
     if args.quick:
         print("   (--quick: sizes too small for these figures to mean much)")
     C.emit_json({"bench": "ingest", "in_thread": r1, "sockets": r2})

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simvue_hpc import Simvue  # noqa: E402
-from simvue_hpc.store import list_runs  # noqa: E402
-from tests.server.server import SimvueTestServer  # noqa: E402
+from simvue_hpc import Simvue
+from simvue_hpc.store import list_runs
+from tests.server.server import SimvueTestServer
 
 METRICS = [f"m{i}" for i in range(10)]
 _run: Simvue | None = None
@@ -49,7 +49,9 @@ def _child(rate: float, seconds: float, start: float) -> None:
 def measure(procs: int, rate: float, seconds: float, tmp: Path) -> dict[str, float]:
     global _run
     server = SimvueTestServer(tmp / f"server-{procs}.sqlite").start()
-    os.environ.update(SIMVUE_URL=server.url, SIMVUE_TOKEN=server.token, SIMVUE_OFFLINE_DIRECTORY=str(tmp / f"store-{procs}"))
+    os.environ.update(
+        SIMVUE_URL=server.url, SIMVUE_TOKEN=server.token, SIMVUE_OFFLINE_DIRECTORY=str(tmp / f"store-{procs}")
+    )
     try:
         _run = Simvue()
         _run.init(name=f"upload-{procs}")

@@ -11,7 +11,9 @@ PY=${PYTHON:-python3}
 bash scripts/install_c_deps.sh       # cmake, libzmq, gfortran from Debian, for the C and Fortran client
 bash scripts/install_slurm.sh        # slurmctld, slurmd, munge from Debian: tests/slurm starts a real Slurm
 export PATH="$PWD/.venv/bin:$PATH"   # the mpich wheel's mpiexec
-echo "== ruff"; ruff check . && ruff format --check .
+echo "== ruff"
+ruff check .
+ruff format --check .
 echo "== mypy"; mypy
 echo "== pytest"; python -m pytest -q -p no:cacheprovider
 if [ -f benchmarks/run_all.sh ]; then echo "== benchmarks (smoke)"; bash benchmarks/run_all.sh --quick; fi
