@@ -176,6 +176,8 @@ class Simvue:
         worker = Worker(endpoint, secret, rank, size, self._settings, self._reductions)
         worker.start()
         self._worker = worker
+        # The hot path without a frame of its own: run.log is the worker's log from now on.
+        vars(self).update(log=worker.log, log_metrics=worker.log)
 
     def _export_environment(self) -> None:
         """Children started from here (pools, subprocesses) join this run through the environment."""
@@ -194,8 +196,7 @@ class Simvue:
         worker = self._worker
         if worker is None:
             worker = self._attach_after_fork()
-        worker.log(metrics, step)
-        return True
+        return worker.log(metrics, step)
 
     def event(self, message: str) -> bool:
         """Record a timestamped event; the aggregator adds this rank and host."""
@@ -369,6 +370,8 @@ class Simvue:
         if self._worker is not None:
             self._worker.abandon()
         self._worker = None
+        for name in ("log", "log_metrics"):  # back to the method that attaches on first use
+            vars(self).pop(name, None)
         self._host = None
         self._exported = {}
         self._rendezvous = None

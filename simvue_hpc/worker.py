@@ -214,8 +214,8 @@ class Worker:
         return reply
 
     # ------------------------------------------------------------------------------------------ hot path
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Buffer one call's metrics; see the module docstring for what happens when full."""
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> bool:
+        """Buffer one call's metrics; False if the overflow policy dropped them (module docstring)."""
         t = _time_ns()
         if self.abort_reason is not None:
             raise RunAborted(f"the run was aborted: {self.abort_reason}")
@@ -233,7 +233,7 @@ class Worker:
             n0 = len(vals)
             if self._dropping or n0 + self._queued_points + len(metrics) > self._max_points:
                 if not self._make_room(metrics):
-                    return
+                    return False
                 vals = self._vals
                 n0 = len(vals)
             ids = self._ids
@@ -265,6 +265,7 @@ class Worker:
             lock.release()
         if wake:
             self._wake()
+        return True
 
     def _check_step(self, step: Any) -> int:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
