@@ -72,10 +72,38 @@ def test_fork_pool_logs_into_parent_run(store: Path, mode: str) -> None:
     _barrier = ctx.Barrier(WORKERS)
     _run = Simvue(aggregator=mode)
     _run.init(name="pool-fork")
-    with ctx.Pool(WORKERS) as pool:  # __exit__ terminates the workers: they must flush on SIGTERM
+    with ctx.Pool(WORKERS) as pool:
         pids = pool.map(forked_task, range(WORKERS))
+        pool.close()  # the workers end normally: their exit finalizers flush and say goodbye
+        pool.join()
     _run.close()
     check_pool_run(store, pids)
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_pool_terminate_never_loses_points_silently(store: Path, mode: str) -> None:
+    """``with Pool() as p`` ends with terminate(): SIGTERM to each worker, which unwinds through its
+    exit handlers (flush, acknowledged goodbye). A worker that still fails to deliver is recorded
+    as lost, with an event: points may be missing, but never silently."""
+    global _run, _barrier
+    ctx = mp.get_context("fork")
+    _barrier = ctx.Barrier(WORKERS)
+    _run = Simvue(aggregator=mode)
+    _run.init(name="pool-terminate")
+    with ctx.Pool(WORKERS) as pool:  # __exit__ terminates the workers
+        pids = pool.map(forked_task, range(WORKERS))
+    _run.close()
+    view = only_run(store)
+    children = {r: v for r, v in view.ranks.items() if r != 0}
+    assert {v["pid"] for v in children.values()} == set(pids)
+    for rank, v in children.items():
+        if v["state"] == "closed":
+            assert v["sent_points"] == v["received_points"] == STEPS
+        else:
+            assert v["state"] == "lost", v
+            assert any(f"rank {rank} " in e["message"] and "lost" in e["message"] for e in view.events)
+    if all(v["state"] == "closed" for v in children.values()):
+        assert_store_matches(view, expected(task_points(t) for t in range(WORKERS)))
 
 
 def test_spawn_pool_with_initializer(store: Path) -> None:

@@ -114,6 +114,8 @@ def test_pool_of_four_uploads_reductions_and_one_file(server: Any, store: Path) 
     _run.init(name="pool-upload")
     with ctx.Pool(WORKERS) as pool:
         pool.map(_pool_task, range(WORKERS))
+        pool.close()
+        pool.join()
     _run.close()
     assert _run.uploaded is True
     doc = assert_server_matches_store(server, store)
