@@ -184,7 +184,7 @@ def test_c_client_with_a_missing_aggregator_fails_fast(c_build: Build, monkeypat
 
 def test_mpi_c_example_under_a_python_run(store: Path, c_build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
     if c_build.mpicc is None:
-        pytest.skip("no MPI C compiler (the mpich wheel's mpicc in the venv, or Debian's libmpich-dev)")
+        pytest.fail("no MPI C compiler: run `bash scripts/install_c_deps.sh` after installing the mpi extra")
     exe = c_build.bin / "svh_example_mpi"
     assert exe.exists(), f"MPI was found ({c_build.mpicc}) but the MPI example was not built"
     mpiexec = Path(c_build.mpicc).parent / "mpiexec"
@@ -232,12 +232,10 @@ def test_mpi_c_example_under_a_python_run(store: Path, c_build: Build, monkeypat
 def test_mpi_c_example_under_simvue_hpc_run(store: Path, c_build: Build) -> None:
     """Under the sidecar (``simvue-hpc run -- mpiexec ...``) each C rank is its launcher's rank."""
     if c_build.mpicc is None:
-        pytest.skip("no MPI C compiler (the mpich wheel's mpicc in the venv, or Debian's libmpich-dev)")
+        pytest.fail("no MPI C compiler: run `bash scripts/install_c_deps.sh` after installing the mpi extra")
     script = Path(sys.executable).parent / "simvue-hpc"
     cli = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from simvue_hpc.cli import main; "
                                                                        "sys.exit(main())"]  # fmt: skip
-    if subprocess.run([*cli, "run", "--help"], capture_output=True, timeout=60).returncode != 0:
-        pytest.skip("this simvue_hpc has no `simvue-hpc run`")
     mpiexec = Path(c_build.mpicc).parent / "mpiexec"
     cmd = [*cli, "run", "--name", "c-sidecar", "--", str(mpiexec), "-n", "3", str(c_build.bin / "svh_example_mpi"), "5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
