@@ -61,7 +61,6 @@ class Simvue:
         self._reductions = {k: r.spec() for k, r in parse_reductions(reductions).items()}
         self._worker: Worker | None = None
         self._host: ThreadHost | ProcessHost | None = None
-        self._placement: roles.Placement | None = None
         self._exported: dict[str, str | None] = {}
         self._rendezvous: Path | None = None
         self._upload_timeout = 0.0
@@ -109,7 +108,6 @@ class Simvue:
             "folder": check_folder(folder),
         }
         placement = roles.detect()
-        self._placement = placement
         if placement.kind == "attach":
             self._marks_termination = placement.owner == "sidecar"  # a pool's terminate() is routine
             self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)

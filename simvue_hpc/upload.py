@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -464,12 +463,3 @@ class LiveUpload:
                 self._run_dir.name, timeout, self._run_dir.name,
             )  # fmt: skip
         return done
-
-
-def checksum(path: Path) -> str:
-    """sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -18,7 +18,6 @@ from ..errors import ConfigurationError
 OPERATIONS = ("mean", "min", "max", "sum", "std", "count")
 DEFAULT_OPERATIONS = ("mean", "min", "max")
 PER_RANK = "per_rank"
-PER_RANK_MAX_RANKS = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,6 @@ class AggregatorState:
             "dropped_points": 0,
             "protocol_errors": 0,
         }
-        self._start = now
 
     # ------------------------------------------------------------------------------------------ input
     def handle(self, identity: bytes, seq: int, msg: Message, now: float) -> list[Action]:
