@@ -32,7 +32,7 @@ from typing import Any
 from . import roles
 from .aggregator.loop import AggregatorSpec, ProcessHost, ThreadHost
 from .aggregator.reduce import parse_reductions
-from .alerts import event_alert, metric_alert, user_alert
+from .alerts import event_alert, metric_alert, metric_range_alert, metric_threshold_alert, user_alert
 from .config import HPCSettings, ServerSettings
 from .errors import ConfigurationError, RoleError, RunAborted, ServerUnavailable, SimvueHPCError
 from .names import check_folder, check_metadata, check_run_name, check_tags, generate_name
@@ -240,10 +240,10 @@ class Simvue:
     ) -> str:  # fmt: skip
         """The official client's metric threshold alert (``is above``/``is below``; minutes).
         Evaluated by the aggregator on the reduced values; returns the alert's name, its id here."""
-        window = frequency if window is None else window
-        definition = metric_alert(name, rule, metric, frequency, window, threshold=threshold,
-                                  aggregation=aggregation, notification=notification, description=description,
-                                  abort=trigger_abort)  # fmt: skip
+        definition = metric_threshold_alert(
+            name, metric, threshold, rule, description=description, window=window, frequency=frequency,
+            aggregation=aggregation, notification=notification, trigger_abort=trigger_abort,
+        )  # fmt: skip
         self._need_worker().send(AlertDefinition(definition))
         return name
 
@@ -254,10 +254,10 @@ class Simvue:
         attach_to_run: bool = True,
     ) -> str:  # fmt: skip
         """The official client's metric range alert (``is inside range``/``is outside range``)."""
-        window = frequency if window is None else window
-        definition = metric_alert(name, rule, metric, frequency, window, range_low=range_low, range_high=range_high,
-                                  aggregation=aggregation, notification=notification, description=description,
-                                  abort=trigger_abort)  # fmt: skip
+        definition = metric_range_alert(
+            name, metric, range_low, range_high, rule, description=description, window=window, frequency=frequency,
+            aggregation=aggregation, notification=notification, trigger_abort=trigger_abort,
+        )  # fmt: skip
         self._need_worker().send(AlertDefinition(definition))
         return name
 

@@ -46,9 +46,9 @@ from simvue_hpc.protocol import (
     Welcome,
 )
 from simvue_hpc.store import RecordType
+from tests.helpers import OWN_METRICS
 
 SECRET = "s3cret"
-OWN = ("simvue_hpc/", "resources/")
 WALL0 = 1_700_000_000_000_000_000
 SHA = "a" * 64
 SHA2 = "b" * 64
@@ -145,7 +145,7 @@ def stored(actions: list[Action], late: bool | None = False) -> dict[tuple[str, 
     """(name, step) -> value over every AppendMetrics (of the given lateness); a key may appear only once."""
     out: dict[tuple[str, int], float] = {}
     for a in actions:
-        if isinstance(a, AppendMetrics) and a.names[0].startswith(OWN):
+        if isinstance(a, AppendMetrics) and a.names[0].startswith(OWN_METRICS):
             continue  # the aggregator's own series (live ranks, resources) are tested on their own
         if isinstance(a, AppendMetrics) and (late is None or a.late == late):
             assert len(a.name_id) == len(a.step) == len(a.time_us) == len(a.value)
@@ -158,7 +158,7 @@ def stored(actions: list[Action], late: bool | None = False) -> dict[tuple[str, 
 
 
 def metric_actions(actions: list[Action]) -> list[AppendMetrics]:
-    return [a for a in actions if isinstance(a, AppendMetrics) and not a.names[0].startswith(OWN)]
+    return [a for a in actions if isinstance(a, AppendMetrics) and not a.names[0].startswith(OWN_METRICS)]
 
 
 def finishes(actions: list[Action]) -> list[str]:
