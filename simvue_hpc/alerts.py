@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigurationError
-from .worker import check_metric_name
+from .names import check_metric_name
 
 THRESHOLD_RULES = ("is above", "is below")
 RANGE_RULES = ("is outside range", "is inside range")

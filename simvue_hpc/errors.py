@@ -11,12 +11,16 @@ Every error the package raises on purpose is a :class:`SimvueHPCError`; bad inpu
     │   └── AggregatorUnreachable          no answer from the aggregator within the timeout
     ├── RoleError                          the process cannot tell its place in the job
     ├── StoreError                         the local store is unreadable or not ours
-    │   └── RunNotFound                    no run in the store matches the given id or name
+    │   ├── RunNotFound                    no run in the store matches the given id or name
+    │   └── StoreFull                      the disk under the store is full (ENOSPC, EDQUOT)
     ├── ServerError                        the Simvue server answered with an error
     │   ├── AuthenticationError            the token was rejected (401/403)
     │   ├── ValidationError (+ValueError)  the server refused a field (422): never retried
     │   └── ServerUnavailable              timeouts, connection errors, 5xx after all retries
-    └── RunAborted                         the run was asked to stop
+    ├── RunAborted                         the run was asked to stop
+    └── RunStopped                         the run no longer accepts data from this process: the reason says why
+        ├── AggregatorLost                 the aggregator died and could not be replaced
+        └── ReporterDied                   this process's sending thread died (the cause is chained)
 
 Foreign exceptions (zmq, requests, OSError of the store) are mapped into this tree once, at the
 boundary of the module that owns the foreign library.
@@ -79,3 +83,19 @@ class ServerUnavailable(ServerError):
 
 class RunAborted(SimvueHPCError):
     """The run was asked to stop (abort flag on the server or an alert with abort)."""
+
+
+class StoreFull(StoreError):
+    """The disk under the store is full: what was written before stays readable."""
+
+
+class RunStopped(SimvueHPCError):
+    """The run no longer accepts data from this process; raised once, later calls drop and count."""
+
+
+class AggregatorLost(RunStopped):
+    """The aggregator died and could not be replaced."""
+
+
+class ReporterDied(RunStopped):
+    """This process's sending thread died; the original exception is chained as ``__cause__``."""

@@ -1,4 +1,4 @@
-"""Generated run names (adjective-noun) and the validation of user-given names.
+"""Generated run names (adjective-noun) and every rule for user-given names: runs, metrics, folders, tags, metadata.
 
 The rules are the Simvue server's, so what is accepted here is accepted there.
 """
@@ -14,6 +14,8 @@ from .errors import ConfigurationError
 
 RUN_NAME = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:]+$")
 TAG_OR_KEY = re.compile(r"^[\w\-\s\.]+$")
+SHA256 = re.compile(r"[0-9a-f]{64}")  # a file's content address in the store and on the wire
+METRIC_NAME = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:=><+\(\)%]+$")
 
 _ADJECTIVES = (
     "able",
@@ -161,6 +163,22 @@ _NOUNS = (
     "yak",
     "zephyr",
 )
+
+
+def check_metric_name(name: object) -> str:
+    """The name itself, or a ValueError saying which rule it breaks."""
+    if not isinstance(name, str):
+        raise ConfigurationError(f"metric names must be strings, got {type(name).__name__} {name!r}")
+    if not METRIC_NAME.match(name):
+        raise ConfigurationError(
+            f"metric name {name!r} may only contain letters, digits, spaces and - _ / . : = > < + ( ) %"
+        )
+    return name
+
+
+def is_sha256(text: object) -> bool:
+    """True for 64 lowercase hex digits: the only names the store gives saved files."""
+    return isinstance(text, str) and SHA256.fullmatch(text) is not None
 
 
 def generate_name() -> str:

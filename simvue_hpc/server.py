@@ -44,9 +44,10 @@ import msgpack
 import requests
 from requests.auth import AuthBase
 
-from . import __version__
+from ._version import __version__
 from .config import ServerSettings
 from .errors import AuthenticationError, ConfigurationError, ServerError, ServerUnavailable, ValidationError
+from .records import msgpack_default
 
 logger = logging.getLogger(__name__)
 
@@ -276,15 +277,8 @@ def _version_tuple(text: str) -> tuple[int, int, int] | None:
 
 
 def _pack(body: Any) -> bytes:
-    def _default(obj: Any) -> Any:
-        if hasattr(obj, "item"):  # numpy scalars
-            return obj.item()
-        if hasattr(obj, "tolist"):
-            return obj.tolist()
-        raise TypeError(f"cannot encode {type(obj).__name__}")
-
     try:
-        packed: bytes = msgpack.packb(body, use_bin_type=True, default=_default)
+        packed: bytes = msgpack.packb(body, use_bin_type=True, default=msgpack_default)
         return packed
     except (TypeError, ValueError, OverflowError) as e:
         raise ConfigurationError(f"cannot encode the request body as msgpack: {e}") from None

@@ -82,7 +82,6 @@ import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -92,6 +91,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ConfigurationError, RunNotFound, StoreError
+from .names import is_sha256
+from .records import Record, RecordType, msgpack_default
 
 if sys.platform != "win32":
     import fcntl
@@ -130,37 +131,7 @@ _TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
 _BASE62 = string.digits + string.ascii_letters
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _METRIC_COLUMNS = {"name_id": "<u4", "step": "<i8", "time_us": "<i8", "value": "<f8"}
-
-
-class RecordType(IntEnum):
-    """The type byte of a record; the module docstring lists each payload."""
-
-    RUN = 1
-    RUN_UPDATE = 2
-    FOLDER = 3
-    STATUS = 4
-    METRICS = 5
-    EVENT = 6
-    FILE = 7
-    ALERT = 8
-    RANK = 9
-    END = 10
-    ALERT_STATE = 11
-
-
-@dataclass(frozen=True)
-class Record:
-    """One record read back: where it lies in the log and its decoded payload.
-
-    A METRICS payload holds numpy arrays under name_id, step, time_us and value, and late as bool.
-    """
-
-    offset: int
-    end: int
-    type: RecordType
-    payload: dict[str, Any]
 
 
 @dataclass
@@ -219,17 +190,10 @@ def new_run_id() -> str:
 # --- encoding ------------------------------------------------------------------------------------
 
 
-def _msgpack_default(obj: object) -> object:
-    """Let numpy scalars through msgpack as the Python numbers they are."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
 def _pack(rtype: RecordType, payload: Mapping[str, Any]) -> bytes:
     """Encode a payload, turning serialisation failures into ConfigurationError."""
     try:
-        data: bytes = msgpack.packb(dict(payload), use_bin_type=True, default=_msgpack_default)
+        data: bytes = msgpack.packb(dict(payload), use_bin_type=True, default=msgpack_default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigurationError(f"{rtype.name} payload: {exc}") from exc
     if len(data) > _MAX_PAYLOAD:
@@ -505,7 +469,7 @@ def _check_run_id(run_id: str) -> str:
 
 
 def _check_sha256(sha256: str) -> str:
-    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+    if not is_sha256(sha256):
         raise ConfigurationError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
     return sha256
 

@@ -28,7 +28,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -41,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, transport
+from . import transport
+from ._version import __version__
 from .config import HPCSettings
 from .errors import (
     AggregatorUnreachable,
@@ -51,6 +51,7 @@ from .errors import (
     SimvueHPCError,
     TransportError,
 )
+from .names import check_metric_name
 from .protocol import (
     FileChunk,
     FileOffer,
@@ -71,23 +72,11 @@ from .resources import ResourceSampler
 
 log = logging.getLogger(__name__)
 
-METRIC_NAME = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:=><+\(\)%]+$")
 FILE_CHUNK_BYTES = 1 << 20
 FILE_CHUNKS_IN_FLIGHT = 8
 SNDHWM = 64
 _time_ns = time.time_ns
 _monotonic = time.monotonic
-
-
-def check_metric_name(name: object) -> str:
-    """The name itself, or a ValueError saying which rule it breaks."""
-    if not isinstance(name, str):
-        raise ConfigurationError(f"metric names must be strings, got {type(name).__name__} {name!r}")
-    if not METRIC_NAME.match(name):
-        raise ConfigurationError(
-            f"metric name {name!r} may only contain letters, digits, spaces and - _ / . : = > < + ( ) %"
-        )
-    return name
 
 
 def _coerce(name: str, value: Any) -> float:

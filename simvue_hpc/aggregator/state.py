@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..alerts import AlertEvaluator, Transition
+from ..names import is_sha256
 from ..protocol import (
     AlertDefinition,
     AlertState,
@@ -55,7 +55,7 @@ from ..protocol import (
     Status,
     Welcome,
 )
-from ..store import RecordType
+from ..records import RecordType
 from .reduce import Reduction, group_reduce
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ INT64_MAX = np.iinfo(np.int64).max
 LIVE, CLOSED, LOST = "live", "closed", "lost"
 LIVE_RANKS = "simvue_hpc/live_ranks"  # the aggregator's metric of how many ranks are live
 JOIN_GRACE = 1.0  # seconds a new metric waits for pool children that may still be connecting
-SHA256 = re.compile(r"[0-9a-f]{64}")  # what the store accepts as a file's name
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -656,7 +655,7 @@ class AggregatorState:
 
     def _file_offer(self, peer: _Peer, offer: FileOffer, out: list[Action]) -> None:
         sha = offer.sha256
-        if not SHA256.fullmatch(sha):
+        if not is_sha256(sha):
             out.append(Reply(peer.identity, FileReply(sha, "error", "sha256 must be 64 lowercase hex digits")))
         elif sha in self._files:
             self._file_record(offer, peer.rank, peer.host, out)
