@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,12 @@ def assert_store_matches(run: RunView, want: dict[str, dict[int, float]]) -> Non
         np.testing.assert_allclose([got[s] for s in sorted(steps)], [steps[s] for s in sorted(steps)],
                                    rtol=1e-12, atol=1e-12, err_msg=name)  # fmt: skip
         assert run.metrics[name].late == 0, f"{name}: late points"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> None:
+    """Poll ``condition`` until it is truthy; fail the test (never hang) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
