@@ -3,16 +3,18 @@ metric and event items, and their approximate encoded size."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
-from ..records import RecordType
+from ..records import Record, RecordType
 from ..server import format_timestamp
 
 MAX_RECORDS_PER_POST = 16_000
 MAX_BYTES_PER_POST = 1_000_000
 FINAL_STATUSES = ("completed", "failed", "terminated", "lost")
+UID_KEY = "simvue_hpc_uid"  # metadata key of the run's unique id, to find it again after a lost answer
 
 
 def kind_of(rtype: RecordType) -> str:
@@ -68,3 +70,22 @@ def event_items(p: dict[str, Any]) -> list[dict[str, Any]]:
     where = f"[rank {p['rank']} on {p['host']}] " if p.get("rank") is not None else ""
     level = p.get("level") or "info"
     return [{"message": f"{where}{p['message']}", "timestamp": format_timestamp(int(p["time_us"])), "log_level": level}]
+
+
+def canonical(definition: dict[str, Any]) -> str:
+    """An alert definition as JSON with sorted keys, to tell the same definition from another."""
+    return json.dumps(definition, sort_keys=True, default=str)
+
+
+def describe_record(record: Record) -> str:
+    """A store record as a dead letter names it."""
+    p = record.payload
+    name = p.get("name") or p.get("path") or ""
+    return f"the {record.type.name.lower().replace('_', ' ')} record {name!r}".replace(" ''", "")
+
+
+def describe_item(kind: str, item: dict[str, Any]) -> str:
+    """A metric or event item as a dead letter names it."""
+    if kind == "metrics":
+        return f"metric values {sorted(item['values'])} at step {item['step']}"
+    return f"the event {item['message'][:80]!r}"

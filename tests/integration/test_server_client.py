@@ -26,6 +26,7 @@ from simvue_hpc.config import ServerSettings
 from simvue_hpc.errors import (
     AuthenticationError,
     ConfigurationError,
+    OutcomeUnknown,
     ServerError,
     ServerUnavailable,
     SimvueHPCError,
@@ -391,11 +392,28 @@ def test_offline_settings_make_no_client() -> None:
 
 
 def test_503_twice_then_success(client: SimvueClient, simvue_server: SimvueTestServer, fake_time: FakeTime) -> None:
-    simvue_server.faults.fail(2, status=503, path="/runs", method="POST")
-    run_id = _run(client)
-    assert [r.status for r in simvue_server.requests_log("/runs", "POST")] == [503, 503, 200]
+    simvue_server.faults.fail(2, status=503, path="/folders", method="POST")
+    folder_id = client.create_folder("/a")
+    assert [r.status for r in simvue_server.requests_log("/folders", "POST")] == [503, 503, 200]
     assert fake_time.sleeps == [0.5, 1.0]
-    assert [r["id"] for r in simvue_server.db.runs()] == [run_id]
+    assert [f["id"] for f in simvue_server.db.folders()] == [folder_id]
+
+
+def test_a_5xx_to_a_create_that_is_not_safe_to_repeat_is_an_unknown_outcome(
+    client: SimvueClient, simvue_server: SimvueTestServer, fake_time: FakeTime
+) -> None:
+    simvue_server.faults.fail(1, status=502, path="/runs", method="POST")
+    with pytest.raises(OutcomeUnknown, match="502"):
+        _run(client)
+    assert len(simvue_server.requests_log("/runs", "POST")) == 1 and fake_time.sleeps == []
+
+
+def test_429_to_a_batch_is_retried(client: SimvueClient, simvue_server: SimvueTestServer) -> None:
+    run_id = _run(client)
+    simvue_server.faults.rate_limit(1, retry_after=1, path="/metrics")
+    client.post_metrics(run_id, [{"values": {"x": 1}, "time": 0.0, "timestamp": format_timestamp(0), "step": 0}])
+    assert [r.status for r in simvue_server.requests_log("/metrics", "POST")] == [429, 200]
+    assert len(simvue_server.db.metrics(run_id)) == 1
 
 
 def test_backoff_grows_and_is_capped_then_gives_up(
@@ -451,13 +469,46 @@ def test_dropped_connection_is_retried(
     assert len(simvue_server.db.heartbeats(run_id)) == 1
 
 
-def test_retries_are_at_least_once(client: SimvueClient, simvue_server: SimvueTestServer) -> None:
-    """A lost answer cannot be told from a lost request: the batch is sent again and stored twice."""
+@pytest.mark.parametrize("path", ["/metrics", "/events"])
+def test_a_batch_whose_answer_is_lost_is_never_sent_again(
+    client: SimvueClient, simvue_server: SimvueTestServer, path: str
+) -> None:
+    """A lost answer cannot be told from a lost request: the client says so instead of repeating it."""
     run_id = _run(client)
-    simvue_server.faults.drop(1, after_processing=True, path="/metrics")
-    client.post_metrics(run_id, [{"values": {"x": 1}, "time": 0.0, "timestamp": format_timestamp(0), "step": 0}])
-    assert len(simvue_server.log.duplicates("/metrics", successful_only=False)) == 1
-    assert len(simvue_server.db.metrics(run_id)) == 2
+    simvue_server.faults.drop(1, after_processing=True, path=path)
+    with pytest.raises(OutcomeUnknown, match="may or may not have been processed"):
+        if path == "/metrics":
+            client.post_metrics(
+                run_id, [{"values": {"x": 1}, "time": 0.0, "timestamp": format_timestamp(0), "step": 0}]
+            )
+        else:
+            client.post_events(run_id, [{"message": "m", "timestamp": format_timestamp(0), "log_level": "info"}])
+    assert len(simvue_server.requests_log(path, "POST")) == 1
+    assert client.event_count(run_id) == (1 if path == "/events" else 0)
+    assert len(client.get_metrics(run_id, ["x"]).get("x", [])) == (1 if path == "/metrics" else 0)
+
+
+def test_a_run_whose_answer_is_lost_is_found_by_its_metadata(
+    client: SimvueClient, simvue_server: SimvueTestServer
+) -> None:
+    simvue_server.faults.drop(1, after_processing=True, path="/runs", method="POST")
+    with pytest.raises(OutcomeUnknown):
+        _run(client, metadata={"simvue_hpc_uid": "abc123"})
+    (found,) = client.find_runs("metadata.simvue_hpc_uid == abc123")
+    assert [r["id"] for r in simvue_server.db.runs()] == [found["id"]]
+    assert client.find_runs("metadata.simvue_hpc_uid == other") == []
+
+
+def test_a_request_refused_before_it_left_is_retried_even_when_not_safe_to_repeat(
+    make_client: Callable[..., SimvueClient], fake_time: FakeTime
+) -> None:
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = make_client(RetryPolicy(total=2, backoff_factor=0.1, jitter=0.0), url=f"http://127.0.0.1:{port}")
+    with pytest.raises(ServerUnavailable) as info:
+        client.post_metrics("r", [])
+    assert not isinstance(info.value, OutcomeUnknown) and len(fake_time.sleeps) == 2
 
 
 def test_read_timeout_is_retried(
