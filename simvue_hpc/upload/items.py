@@ -4,6 +4,7 @@ metric and event items, and their approximate encoded size."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from ..server import format_timestamp
 MAX_RECORDS_PER_POST = 16_000
 MAX_BYTES_PER_POST = 1_000_000
 FINAL_STATUSES = ("completed", "failed", "terminated", "lost")
+INT_LIMIT = 2**53  # whole numbers beyond this are not exact in float64 anyway
 UID_KEY = "simvue_hpc_uid"  # metadata key of the run's unique id, to find it again after a lost answer
 
 
@@ -40,13 +42,27 @@ def approx_size(item: dict[str, Any]) -> int:
     return 64 + len(item.get("message", ""))
 
 
-def metric_items(p: dict[str, Any], created_us: int | None) -> list[dict[str, Any]]:
+def integral_names(p: dict[str, Any]) -> dict[str, bool]:
+    """Per metric of one METRICS payload: whether every value is a whole number an int can carry exactly."""
+    value, name_id = p["value"], p["name_id"]
+    whole = np.isfinite(value) & (np.abs(value) < INT_LIMIT)
+    whole[whole] = value[whole] == np.floor(value[whole])
+    bad = np.zeros(len(p["names"]), dtype=bool)
+    np.logical_or.at(bad, name_id[~whole], True)
+    seen = np.zeros(len(p["names"]), dtype=bool)
+    seen[name_id] = True
+    return {name: not bool(bad[i]) for i, name in enumerate(p["names"]) if seen[i]}
+
+
+def metric_items(p: dict[str, Any], created_us: int | None, ints: Collection[str] = ()) -> list[dict[str, Any]]:
     """Server metric records of one METRICS payload: one per (step, time), with every name logged then.
-    ``time`` counts seconds from ``created_us`` (the run's start; else the payload's first time)."""
+    ``time`` counts seconds from ``created_us`` (the run's start; else the payload's first time). Values
+    of the metrics in ``ints`` that are whole numbers are sent as ints."""
     step, t_us, value, name_id = p["step"], p["time_us"], p["value"], p["name_id"]
     if len(step) == 0:
         return []
     names = p["names"]
+    as_int = [name in ints for name in names]
     start_us = int(created_us or t_us.min())
     order = np.lexsort((t_us, step))
     s, t, v, n = step[order], t_us[order], value[order], name_id[order]
@@ -54,13 +70,11 @@ def metric_items(p: dict[str, Any], created_us: int | None) -> list[dict[str, An
     items = []
     for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(s)], strict=True):
         t0 = int(t[lo])
+        values: dict[str, int | float] = {}
+        for i, x in zip(n[lo:hi].tolist(), v[lo:hi].tolist(), strict=True):
+            values[names[i]] = int(x) if as_int[i] and x.is_integer() and abs(x) < INT_LIMIT else x
         items.append(
-            {
-                "values": {names[int(i)]: float(x) for i, x in zip(n[lo:hi], v[lo:hi], strict=True)},
-                "time": (t0 - start_us) / 1e6,
-                "timestamp": format_timestamp(t0),
-                "step": int(s[lo]),
-            }
+            {"values": values, "time": (t0 - start_us) / 1e6, "timestamp": format_timestamp(t0), "step": int(s[lo])}
         )
     return items
 

@@ -23,6 +23,7 @@ from .items import (
     describe_item,
     describe_record,
     event_items,
+    integral_names,
     job_metadata,
     kind_of,
     metric_items,
@@ -70,6 +71,7 @@ class Uploader:
         self._next_abort = clock()
         self.abort_requested = False
         self.requests = 0
+        self.unknown_outcomes = 0  # requests whose answer was lost, reconciled since
 
     @property
     def uid(self) -> str:
@@ -323,8 +325,21 @@ class Uploader:
     # ------------------------------------------------------------------------------------------ metrics, events
     def _items(self, kind: str) -> Callable[[Record], list[dict[str, Any]]]:
         if kind == "metrics":
-            return lambda record: metric_items(record.payload, self._run.get("created_us"))
+            return lambda record: metric_items(record.payload, self._run.get("created_us"), self._ints(record))
         return lambda record: event_items(record.payload)
+
+    def _ints(self, record: Record) -> set[str]:
+        """Metrics uploaded as ints: those the record says were logged as ints (optional ``ints``), else,
+        in a single-rank run (values as logged, no reduction), those whose every value so far is whole."""
+        logged = record.payload.get("ints")
+        if isinstance(logged, list):
+            return {str(name) for name in logged}
+        if (self._run.get("job") or {}).get("ranks", 1) != 1:
+            return set()
+        flags = self.state.int_metrics
+        for name, whole in integral_names(record.payload).items():
+            flags[name] = flags.get(name, True) and whole
+        return {name for name, whole in flags.items() if whole}
 
     def _post(self, kind: str, records: list[Record], now: float) -> None:
         if self.state.pending is not None:

@@ -47,6 +47,7 @@ class UploadState:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     dead_posted: int = 0  # dead letters already posted as events
     alert_defs: dict[str, str] = field(default_factory=dict)  # alert name -> its definition as JSON
+    int_metrics: dict[str, bool] = field(default_factory=dict)  # metric -> every value so far was whole
     last_status: dict[str, Any] | None = None  # the last final STATUS record: status, time_us, reason
     last_time_us: int = 0  # the latest time of any record seen
     closed_as: str | None = None  # the status set on a run that has no END (sync only)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ServerSettings
-from ..errors import ServerUnavailable, SimvueHPCError
+from ..errors import OutcomeUnknown, ServerUnavailable, SimvueHPCError
 from ..server import RetryPolicy, SimvueClient
 from ..store import find_run, list_runs
 from .replay import Uploader
@@ -104,7 +104,7 @@ def _upload(uploader: Uploader, bar: Any) -> Outcome:
         return Outcome(name, "already uploaded")
     task = bar.add_task(name, total=uploader.progress()[1]) if bar is not None else None
     try:
-        while not uploader.poll():
+        while not _poll(uploader, unknown_left=uploader.settings.retry_attempts - uploader.unknown_outcomes):
             if task is not None:
                 bar.update(task, completed=uploader.progress()[0], total=uploader.progress()[1])
             if uploader.caught_up() and not uploader.ended:
@@ -122,6 +122,17 @@ def _upload(uploader: Uploader, bar: Any) -> Outcome:
         if task is not None:
             bar.remove_task(task)
     return Outcome(name, f"uploaded as {state.run_id} ({uploader.requests} requests)", dead_letters=state.dead_letters)
+
+
+def _poll(uploader: Uploader, unknown_left: int) -> bool:
+    """One round; a request whose outcome is unknown is reconciled in the next round, a few times at most."""
+    try:
+        return uploader.poll()
+    except OutcomeUnknown:
+        if unknown_left <= 1:
+            raise
+        uploader.unknown_outcomes += 1
+        return False
 
 
 def _holder(run_dir: Path) -> str:

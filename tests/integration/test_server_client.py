@@ -656,3 +656,42 @@ def test_every_error_is_in_the_package_tree(
         assert info.value.__cause__ is None
         assert info.value.__context__ is None or info.value.__suppress_context__
         _no_token(info.value, simvue_server.token)
+
+
+class _EchoingProxy(http.server.BaseHTTPRequestHandler):
+    """A misbehaving proxy that answers every request with an error quoting its Authorization header,
+    placed so that the token straddles the 200-character cut of an error excerpt."""
+
+    pad = 190
+
+    def do_GET(self) -> None:
+        body = ("x" * self.pad + f" you sent: {self.headers.get('Authorization')} ... and more").encode()
+        self.send_response(418)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("pad", [150, 170, 181, 188, 190, 195, 199])
+def test_an_echoed_token_straddling_the_cut_never_shows(
+    make_client: Callable[..., SimvueClient], simvue_server: SimvueTestServer, pad: int
+) -> None:
+    _EchoingProxy.pad = pad
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingProxy)
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        client = make_client(url=f"http://127.0.0.1:{proxy.server_address[1]}")
+        with pytest.raises(ServerError) as info:
+            client.version()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    token = simvue_server.token
+    for text in (str(info.value), repr(info.value)):
+        assert "418" in text
+        for n in range(6, len(token) + 1):  # no 6 consecutive characters of the token
+            assert not any(token[i : i + n] in text for i in range(len(token) - n + 1)), text

@@ -139,6 +139,8 @@ class SimvueApp:
                 duration=time.perf_counter() - clock,
                 body_sha256=hashlib.sha256(req.body).hexdigest() if req.body else "",
                 fault=decision.label,
+                body=req.body,
+                content_type=req.headers.get("content-type", ""),
             )
         )
 

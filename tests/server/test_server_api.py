@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -252,3 +253,13 @@ def test_standalone_entry_point() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_an_unnamed_run_is_named_adjective_noun(api: Api) -> None:
+    names = set()
+    for _ in range(5):
+        answer = api.call("POST", "/runs", {"folder": "/", "status": "running"}).json()
+        assert re.fullmatch(r"[a-z]+-[a-z]+", answer["name"]), answer["name"]
+        assert api.call("GET", f"/runs/{answer['id']}").json()["name"] == answer["name"]
+        names.add(answer["name"])
+    assert all(not name.startswith("run-") for name in names)
