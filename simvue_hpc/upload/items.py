@@ -79,9 +79,10 @@ def metric_items(p: dict[str, Any], created_us: int | None, ints: Collection[str
     return items
 
 
-def event_items(p: dict[str, Any]) -> list[dict[str, Any]]:
-    """The server event of one EVENT payload."""
-    where = f"[rank {p['rank']} on {p['host']}] " if p.get("rank") is not None else ""
+def event_items(p: dict[str, Any], prefix: bool = False) -> list[dict[str, Any]]:
+    """The server event of one EVENT payload: the message as logged; with ``prefix`` (a run of several
+    ranks) preceded by ``[rank R on HOST]``."""
+    where = f"[rank {p['rank']} on {p['host']}] " if prefix and p.get("rank") is not None else ""
     level = p.get("level") or "info"
     return [{"message": f"{where}{p['message']}", "timestamp": format_timestamp(int(p["time_us"])), "log_level": level}]
 

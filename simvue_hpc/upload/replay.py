@@ -105,13 +105,9 @@ class Uploader:
 
     def caught_up(self) -> bool:
         """Everything the store holds now is on the server (an END, if any, waits to be sent)."""
-        if self.state.done:
-            return True
         size = self._records.stat().st_size
-        if self.state.pending is not None or self.state.dead_posted < len(self.state.dead_letters):
-            return False
         end = self._end.offset if self._end is not None else size
-        return self._cursor("run")[0] >= end and all(self._cursor(k)[0] >= size for k in ("metrics", "events"))
+        return self.state.done or (self._cursor("run")[0] >= end and self.caught_up_to(size))
 
     @property
     def ended(self) -> bool:
@@ -239,6 +235,8 @@ class Uploader:
             "heartbeat_timeout": max(180, math.ceil(3 * self.settings.heartbeat_interval)) if self.live else None,
             "alerts": [],
             "notifications": {"state": "none"},
+            "visibility": {"tenant": False, "public": False, "users": []},
+            "ttl": None,
         }
         if p.get("created_us"):
             body["started"] = format_timestamp(int(p["created_us"]))
@@ -326,7 +324,8 @@ class Uploader:
     def _items(self, kind: str) -> Callable[[Record], list[dict[str, Any]]]:
         if kind == "metrics":
             return lambda record: metric_items(record.payload, self._run.get("created_us"), self._ints(record))
-        return lambda record: event_items(record.payload)
+        prefix = self.settings.event_prefix and (self._run.get("job") or {}).get("ranks", 1) != 1
+        return lambda record: event_items(record.payload, prefix)
 
     def _ints(self, record: Record) -> set[str]:
         """Metrics uploaded as ints: those the record says were logged as ints (optional ``ints``), else,

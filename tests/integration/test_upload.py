@@ -78,7 +78,7 @@ def test_single_process_run_is_uploaded_live(server: Any, store: Path, tmp_path:
     assert doc["metadata"]["nx"] == 64 and doc["metadata"]["simvue_hpc"]["ranks"] == 1
     assert doc["system"]["hostname"] == socket.gethostname()
     events = [e["message"] for e in server.db.events(doc["id"])]
-    assert f"[rank 0 on {socket.gethostname()}] converged" in events
+    assert "converged" in events, "a single rank's events are uploaded as logged"
     (artifact,) = server.db.artifacts(doc["id"])
     assert artifact["content"] == result.read_bytes() and artifact["category"] == "output"
     assert artifact["checksum"] == hashlib.sha256(result.read_bytes()).hexdigest()
