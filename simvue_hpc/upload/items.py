@@ -104,3 +104,36 @@ def describe_item(kind: str, item: dict[str, Any]) -> str:
     if kind == "metrics":
         return f"metric values {sorted(item['values'])} at step {item['step']}"
     return f"the event {item['message'][:80]!r}"
+
+
+def run_body(p: dict[str, Any], uid: str, heartbeat_timeout: int | None) -> dict[str, Any]:
+    """``POST /runs`` for a RUN payload; ``uid`` goes into the metadata to find the run again."""
+    body: dict[str, Any] = {
+        "name": p.get("name"),
+        "folder": p.get("folder") or "/",
+        "status": "running",
+        "description": p.get("description"),
+        "tags": list(p.get("tags") or []),
+        "metadata": {**(p.get("metadata") or {}), "simvue_hpc": job_metadata(dict(p.get("job") or {})), UID_KEY: uid},
+        "system": p.get("system"),
+        "heartbeat_timeout": heartbeat_timeout,
+        "alerts": [],
+        "notifications": {"state": "none"},
+        "visibility": {"tenant": False, "public": False, "users": []},
+        "ttl": None,
+    }
+    if p.get("created_us"):
+        body["started"] = format_timestamp(int(p["created_us"]))
+    return body
+
+
+def artifact_body(p: dict[str, Any]) -> dict[str, Any]:
+    """``POST /artifacts`` for a FILE payload."""
+    return {
+        "name": p["name"],
+        "original_path": p.get("original_path"),
+        "size": p["size"],
+        "mime_type": p.get("mime_type") or "application/octet-stream",
+        "checksum": p["sha256"],
+        "metadata": {"rank": p.get("rank"), "host": p.get("host")},
+    }

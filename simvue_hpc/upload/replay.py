@@ -19,6 +19,7 @@ from .batches import build_batch, is_rejection, missing_metrics, stored_events
 from .items import (
     FINAL_STATUSES,
     UID_KEY,
+    artifact_body,
     canonical,
     describe_item,
     describe_record,
@@ -27,6 +28,7 @@ from .items import (
     job_metadata,
     kind_of,
     metric_items,
+    run_body,
 )
 from .state import STATE_NAME, UploadState
 
@@ -222,24 +224,9 @@ class Uploader:
 
     def _create_run(self, p: dict[str, Any]) -> None:
         self._folder(p.get("folder") or "/")
-        job = dict(p.get("job") or {})
-        body: dict[str, Any] = {
-            "name": p.get("name"),
-            "folder": p.get("folder") or "/",
-            "status": "running",
-            "description": p.get("description"),
-            "tags": list(p.get("tags") or []),
-            "metadata": {**(p.get("metadata") or {}), "simvue_hpc": job_metadata(job), UID_KEY: self.uid},
-            "system": p.get("system"),
-            # lost after three missed heartbeats, and never sooner than the official clients' 180 s
-            "heartbeat_timeout": max(180, math.ceil(3 * self.settings.heartbeat_interval)) if self.live else None,
-            "alerts": [],
-            "notifications": {"state": "none"},
-            "visibility": {"tenant": False, "public": False, "users": []},
-            "ttl": None,
-        }
-        if p.get("created_us"):
-            body["started"] = format_timestamp(int(p["created_us"]))
+        # lost after three missed heartbeats, and never sooner than the official clients' 180 s
+        timeout = max(180, math.ceil(3 * self.settings.heartbeat_interval)) if self.live else None
+        body = run_body(p, self.uid, timeout)
         self._note_pending({"kind": "run"})
         self.state.run_id = self._call(self.client.create_run, body)
         self.state.pending = None
@@ -256,14 +243,7 @@ class Uploader:
         sha = p["sha256"]
         artifact_id = self.state.artifacts.get(sha)
         if artifact_id is None:
-            body = {
-                "name": p["name"],
-                "original_path": p.get("original_path"),
-                "size": p["size"],
-                "mime_type": p.get("mime_type") or "application/octet-stream",
-                "checksum": sha,
-                "metadata": {"rank": p.get("rank"), "host": p.get("host")},
-            }
+            body = artifact_body(p)
             answer = self._call(self.client.register_artifact, body)  # the server deduplicates by checksum
             artifact_id = answer["id"]
             if answer.get("url"):  # no url: the server already holds these bytes
