@@ -156,7 +156,7 @@ class Simvue:
         job = job_info(placement.size, placement.launcher, self._settings)
         expected = placement.size if placement.kind in ("mpi", "launcher") else None
         spec = host_spec(run, job, self._settings, self._reductions, expected_ranks=expected, host_rank=0)
-        self._upload_timeout = float(spec.server["upload_timeout"]) if spec.server else 0.0
+        self._upload_timeout = spec.server.upload_timeout if spec.server else 0.0
         kind = self._settings.transport
         if self._settings.aggregator == "thread":
             self._host = ThreadHost(spec, kind)

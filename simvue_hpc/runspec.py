@@ -7,7 +7,6 @@ cheap: the aggregator and the server client are imported only when a run is actu
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import platform
@@ -19,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import roles
-from .config import HPCSettings
+from .config import HPCSettings, ServerSettings
 from .names import generate_name
 
 if TYPE_CHECKING:
@@ -61,19 +60,17 @@ def host_spec(
         run=record,
         expected_ranks=expected_ranks,
         host_rank=host_rank,
-        settings=settings.to_dict(),
+        settings=settings,
         reductions=dict(reductions or {}),
         server=checked_server(),
     )
 
 
-def checked_server() -> dict[str, Any] | None:
+def checked_server() -> ServerSettings | None:
     """The server settings for the aggregator, after one check of the server; None when offline.
 
     An unreachable server is not an error: the run is recorded locally and uploaded when the
     server is back (or by ``simvue-hpc sync``). A rejected token or an unsupported server is."""
-    from .config import ServerSettings
-
     settings = ServerSettings.load()
     if not settings.online:
         return None
@@ -90,7 +87,7 @@ def checked_server() -> dict[str, Any] | None:
         )
     finally:
         client.close()
-    return dataclasses.asdict(settings)
+    return settings
 
 
 def system_info() -> dict[str, Any]:
