@@ -8,6 +8,7 @@ instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter
@@ -19,9 +20,11 @@ import pytest
 from simvue_hpc import Simvue
 from simvue_hpc.cli import main as cli
 from simvue_hpc.config import ServerSettings
+from simvue_hpc.errors import RunAborted
 from simvue_hpc.server import SimvueClient
 from simvue_hpc.store import RecordType, RunWriter, new_run_id
 from simvue_hpc.upload import Uploader
+from tests.helpers import wait_until
 
 pytest_plugins = ["tests.server.fixtures"]
 pytestmark = pytest.mark.timeout(180)
@@ -318,3 +321,28 @@ def test_a_metric_with_a_fraction_is_sent_as_floats_from_then_on_and_reductions_
     mixed = [m["values"]["x"] for m in by_name["mixed"]]
     assert mixed == [1, 2, 2.5, 4.0] and [type(v) for v in mixed] == [int, int, float, float]
     assert all(type(m["values"]["x"]) is float for m in by_name["reduced"])
+
+
+def test_a_live_run_sees_the_servers_abort_flag_without_waiting_for_a_heartbeat(
+    server: Any, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIMVUE_HEARTBEAT_INTERVAL", "60")  # the abort flag no longer rides on the heartbeat
+    monkeypatch.setenv("SIMVUE_ABORT_INTERVAL", "0.5")
+    run = Simvue()
+    run.init(name="abort-me")
+    try:
+        wait_until(lambda: [r for r in server.requests_log("/runs", "GET") if r.path.endswith("/abort")], 30)
+        server.set_abort(server.db.runs()[0]["id"])  # after the first read of the flag
+
+        def aborted() -> bool:
+            try:
+                run.log({"x": 1.0})
+            except RunAborted:
+                return True
+            return False
+
+        wait_until(aborted, 20, interval=0.1, what="RunAborted from log() after the server's abort flag")
+    finally:
+        with contextlib.suppress(Exception):
+            run.close()
+    assert len(server.db.heartbeats(server.db.runs()[0]["id"])) <= 1
