@@ -346,3 +346,20 @@ def test_a_live_run_sees_the_servers_abort_flag_without_waiting_for_a_heartbeat(
         with contextlib.suppress(Exception):
             run.close()
     assert len(server.db.heartbeats(server.db.runs()[0]["id"])) <= 1
+
+
+def test_progress_moves_through_the_run_across_the_three_streams(server: Any, store: Path) -> None:
+    run_dir = hand_run(store, "progress", steps=60_000, events=30)
+    settings = ServerSettings.load()
+    now = [0.0]
+    seen = []
+    with SimvueClient(settings) as client:
+        uploader = Uploader(run_dir, client, settings, clock=lambda: now[0])
+        seen.append(uploader.progress())
+        while not uploader.poll():
+            now[0] += 1.1  # one metrics POST per second at most
+            seen.append(uploader.progress())
+        seen.append(uploader.progress())
+    fractions = [done / total for done, total in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len({round(f, 3) for f in fractions if 0.05 < f < 0.95}) >= 3, fractions
