@@ -85,7 +85,15 @@ class Uploader:
         """Upload what can be uploaded now; True once the whole run, final status included, is up."""
         if self.state.done:
             return True
-        now = self._clock()
+        try:
+            self._round(self._clock())
+        except ServerError as exc:
+            if exc.status == 404:
+                self._check_run_exists()
+            raise
+        return self.state.done
+
+    def _round(self, now: float) -> None:
         self._reconcile()
         scan = self._scan()
         self._run_stream(scan["run"])
@@ -96,7 +104,6 @@ class Uploader:
             if self.live:
                 self._keep_alive(now)
             self._finish_if_ready()
-        return self.state.done
 
     def progress(self) -> tuple[int, int]:
         """(bytes done, bytes in all) of the record log summed over the three streams, for progress bars."""
@@ -402,16 +409,24 @@ class Uploader:
     # ------------------------------------------------------------------------------------------ dead letters
     def _rejected(self, exc: ServerError) -> bool:
         """Whether a refusal is of the item alone (a dead letter) rather than of the whole upload."""
-        if not is_rejection(exc.status):
-            return False
-        if exc.status == 404 and self.state.run_id is not None:
-            try:
-                self.client.get_run(self.state.run_id)
-            except ServerError as gone:
-                if gone.status == 404:
-                    raise ServerError(f"run {self.state.run_id} no longer exists on the server", 404) from None
-                raise
-        return True
+        if exc.status == 404:
+            self._check_run_exists()
+        return is_rejection(exc.status)
+
+    def _check_run_exists(self) -> None:
+        """After a 404: a clear error if the run itself is gone from the server (deleted)."""
+        if self.state.run_id is None:
+            return
+        try:
+            self.client.get_run(self.state.run_id)
+        except ServerError as gone:
+            if gone.status == 404:
+                raise ServerError(
+                    f"run {self.state.run_id} no longer exists on the server (deleted?); the local store keeps "
+                    f"run {self.run_dir.name}: remove {self._state_path} to upload it again as a new run",
+                    404,
+                ) from None
+            raise
 
     def _dead_letter(self, what: str, exc: ServerError) -> None:
         log.warning("run %s: the server refused %s, which is skipped: %s", self.run_dir.name, what, exc)

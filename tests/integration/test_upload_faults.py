@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from simvue_hpc import Simvue
 from simvue_hpc.cli import main as cli
 from simvue_hpc.config import ServerSettings
-from simvue_hpc.errors import RunAborted
+from simvue_hpc.errors import RunAborted, ServerError
 from simvue_hpc.server import SimvueClient
 from simvue_hpc.store import RecordType, RunWriter, new_run_id
 from simvue_hpc.upload import Uploader
@@ -363,3 +367,39 @@ def test_progress_moves_through_the_run_across_the_three_streams(server: Any, st
     fractions = [done / total for done, total in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert len({round(f, 3) for f in fractions if 0.05 < f < 0.95}) >= 3, fractions
+
+
+def test_two_concurrent_syncs_both_exit_0_and_upload_each_run_once(server: Any, store: Path) -> None:
+    for i in range(3):
+        hand_run(store, f"c{i}", steps=20_000, events=10)
+    env = {**os.environ, "SIMVUE_OFFLINE_DIRECTORY": str(store)}
+    command = [sys.executable, "-m", "simvue_hpc.cli", "sync", "--quiet"]
+    syncs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        results = [p.communicate(timeout=150) for p in syncs]
+    finally:
+        for p in syncs:
+            p.kill()
+    assert [p.returncode for p in syncs] == [0, 0], results
+    runs = server_runs(server)
+    assert sorted(runs) == ["c0", "c1", "c2"] and len(server.db.runs()) == 3
+    for doc in runs.values():
+        assert doc["status"] == "completed"
+        assert_exactly_once(server, doc["id"], 20_000, 10)
+
+
+def test_a_run_deleted_on_the_server_stops_its_upload_with_a_clear_error(server: Any, store: Path) -> None:
+    run_dir = hand_run(store, "deleted", steps=100, events=3)
+    settings = ServerSettings.load()
+    now = [0.0]
+    with SimvueClient(settings) as client:
+        uploader = Uploader(run_dir, client, settings, clock=lambda: now[0])
+        uploader.poll()  # the run is created
+        assert uploader.state.run_id is not None
+        requests.delete(f"{server.api_url}/runs/{uploader.state.run_id}", headers=server.headers(), timeout=10)
+        now[0] += 5
+        with pytest.raises(ServerError, match="no longer exists on the server"):
+            for _ in range(5):
+                uploader.poll()
+                now[0] += 5
+    assert uploader.state.dead_letters == [], "not a dead letter: the whole upload stops"
