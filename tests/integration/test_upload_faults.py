@@ -403,3 +403,30 @@ def test_a_run_deleted_on_the_server_stops_its_upload_with_a_clear_error(server:
                 uploader.poll()
                 now[0] += 5
     assert uploader.state.dead_letters == [], "not a dead letter: the whole upload stops"
+
+
+@pytest.mark.parametrize("fault", ["stall", "truncate"])
+@pytest.mark.parametrize("path", ["/runs", "/metrics", "/events"])
+def test_an_answer_that_comes_too_late_or_half_duplicates_nothing(
+    server: Any, store: Path, fault: str, path: str
+) -> None:
+    run_dir = hand_run(store, "late", steps=20_000, events=20)
+    settings = ServerSettings.from_dict({**ServerSettings.load().to_dict(), "request_timeout": 0.5})
+    if fault == "stall":
+        server.faults.stall(2.0, path=path, method="POST")  # processed, answered after the client's timeout
+    else:
+        server.faults.truncate(1, path=path, method="POST")
+    now = [0.0]
+    with SimvueClient(settings) as client:
+        uploader = Uploader(run_dir, client, settings, clock=lambda: now[0])
+        for _ in range(60):
+            try:
+                if uploader.poll():
+                    break
+            except ServerError as exc:  # OutcomeUnknown: the next round reads back
+                assert "may or may not" in str(exc)
+            now[0] += 1.1
+    assert uploader.state.done
+    assert any(r.fault for r in server.requests_log(path, "POST")), "the fault struck"
+    (doc,) = server.db.runs()
+    assert_exactly_once(server, doc["id"], 20_000, 20)
