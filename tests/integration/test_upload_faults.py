@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -430,3 +432,33 @@ def test_an_answer_that_comes_too_late_or_half_duplicates_nothing(
     assert any(r.fault for r in server.requests_log(path, "POST")), "the fault struck"
     (doc,) = server.db.runs()
     assert_exactly_once(server, doc["id"], 20_000, 20)
+
+
+MPI_SCRIPT = """
+from simvue_hpc import Simvue
+with Simvue() as run:
+    run.init(name="mpi-alert")
+    run.add_alert("too-high", "is above", "x", frequency=1, window=1, threshold=5.0)
+    for step in range(5):
+        run.log({"x": float(step)}, step=step)
+    run.event("done")
+"""
+
+
+@pytest.mark.mpi
+def test_under_mpi_the_alert_is_registered_once_and_events_name_their_rank(
+    server: Any, store: Path, tmp_path: Path
+) -> None:
+    mpiexec = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert mpiexec, "mpiexec not found: install the mpi extra"
+    script = tmp_path / "alert.py"
+    script.write_text(MPI_SCRIPT)
+    proc = subprocess.run(
+        [mpiexec, "-n", "4", sys.executable, str(script)], capture_output=True, text=True, timeout=150, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r.status for r in server.requests_log("/alerts", "POST")] == [200]
+    (doc,) = server.db.runs()
+    assert doc["status"] == "completed" and len(doc["alerts"]) == 1
+    events = sorted(e["message"] for e in server.db.events(doc["id"]))
+    assert events == sorted(f"[rank {r} on {socket.gethostname()}] done" for r in range(4))
