@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,15 @@ ALERT = {
 @pytest.fixture
 def server(simvue_online: Any) -> Any:
     return simvue_online
+
+
+@pytest.fixture(autouse=True)
+def token_never_logged(simvue_online: Any, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever goes wrong in these tests, no log line quotes the token."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        assert simvue_online.token not in record.getMessage(), f"token logged by {record.name}"
 
 
 def hand_run(
