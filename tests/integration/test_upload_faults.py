@@ -473,3 +473,18 @@ def test_under_mpi_the_alert_is_registered_once_and_events_name_their_rank(
     assert doc["status"] == "completed" and len(doc["alerts"]) == 1
     events = sorted(e["message"] for e in server.db.events(doc["id"]))
     assert events == sorted(f"[rank {r} on {socket.gethostname()}] done" for r in range(4))
+
+
+def test_an_unreachable_server_ends_sync_at_once_with_exit_75(
+    server: Any, store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hand_run(store, "waiting")
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SIMVUE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("SIMVUE_RETRY_ATTEMPTS", "2")
+    monkeypatch.setenv("SIMVUE_RETRY_BUDGET", "1")
+    assert cli(["sync", "--quiet"]) == 75
+    err = capsys.readouterr().err
+    assert "cannot reach the Simvue server" in err and "2 attempts" in err
