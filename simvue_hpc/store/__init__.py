@@ -4,7 +4,8 @@ The aggregator is the single writer of a run (:class:`RunWriter`); the CLI and t
 it (:func:`read_records`, :func:`load_run`), possibly while the aggregator is still appending.
 
 * :mod:`.format`: the on-disk layout and record format (the specification), encoding, decoding;
-* :mod:`.reader`: records one by one, a run folded into a :class:`RunView`, listing and lookup;
+* :mod:`.reader`: records one by one, resynchronising after damage (:class:`Damage`);
+* :mod:`.runs`: a run folded into a :class:`RunView`, listing and lookup;
 * :mod:`.writer`: :class:`RunWriter` and :class:`FileSink`.
 """
 
@@ -20,7 +21,8 @@ from .format import (
     default_root,
     new_run_id,
 )
-from .reader import MetricSeries, RunView, find_run, list_runs, load_run, read_records
+from .reader import Damage, read_records
+from .runs import MetricSeries, RunView, find_run, list_runs, load_run
 from .writer import FileSink, RunWriter
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "RECORDS_NAME",
+    "Damage",
     "FileSink",
     "MetricSeries",
     "Record",

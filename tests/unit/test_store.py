@@ -24,6 +24,7 @@ from simvue_hpc.errors import ConfigurationError, RunNotFound, StoreError
 from simvue_hpc.store import (
     HEADER_SIZE,
     MAGIC,
+    Damage,
     Record,
     RecordType,
     RunWriter,
@@ -317,19 +318,26 @@ def test_truncation_anywhere_in_the_last_record_keeps_the_others(tmp_path: Path,
         assert list(read_records(cut_path)) == good, i
 
 
-def test_valid_crc_but_undecodable_records_end_the_log(tmp_path: Path) -> None:
+def test_valid_crc_but_undecodable_records_are_skipped_as_damage(tmp_path: Path) -> None:
     path, _ = _write_sample(tmp_path)
     n = len(list(read_records(path)))
-    for bad in (
-        _raw_record(200, msgpack.packb({})),  # unknown type
-        _raw_record(RecordType.EVENT, b"\xc1"),  # never-used msgpack byte
-        _raw_record(RecordType.EVENT, msgpack.packb([1, 2])),  # not a map
-        _raw_record(RecordType.METRICS, msgpack.packb({"names": [], "name_id": b"\x01", "step": b""})),
+    size = path.stat().st_size
+    for bad, reason in (
+        (_raw_record(200, msgpack.packb({})), "unknown record type"),
+        (_raw_record(RecordType.EVENT, b"\xc1"), "undecodable payload"),  # never-used msgpack byte
+        (_raw_record(RecordType.EVENT, msgpack.packb([1, 2])), "undecodable payload"),  # not a map
+        (
+            _raw_record(RecordType.METRICS, msgpack.packb({"names": [], "name_id": b"\x01", "step": b""})),
+            "undecodable payload",
+        ),
     ):
         tail = bad + _raw_record(RecordType.STATUS, msgpack.packb({"status": "after"}))
         copy = tmp_path / "copy.svr"
         copy.write_bytes(path.read_bytes() + tail)
-        assert len(list(read_records(copy))) == n
+        damage: list[Damage] = []
+        records = list(read_records(copy, damage=damage))
+        assert len(records) == n + 1 and records[-1].payload == {"status": "after"}
+        assert damage == [Damage(size, size + len(bad), reason, records=1)]
 
 
 # --- property test -------------------------------------------------------------------------------
