@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SimvueHPCError
-from .store import MetricSeries, RunView, default_root, find_run, list_runs, load_run
+from .store import MetricSeries, RunView, check_run, check_store, default_root, find_run, list_runs, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         [
             v.id,
             v.name or "-",
-            v.status,
+            f"{v.status} (damaged)" if v.damaged else v.status,
             str(len(v.ranks)),
             str(len(v.metrics)),
             _time(v.created_us),
@@ -261,6 +261,15 @@ def _show_lines(v: RunView) -> list[str]:
         ]
         out += _table(["RANK", "HOST", "PID", "STATE"], rows, "  ")
     return out
+
+
+@command("check", arg("run", nargs="?", metavar="RUN", help="run id, unique id prefix or name; default: every run"))
+def cmd_check(args: argparse.Namespace) -> int:
+    """Verify runs (record log and saved files) and say what is lost; exit 1 if anything is."""
+    results = [check_run(find_run(args.root, args.run))] if args.run else check_store(args.root)
+    for result in results:
+        print("\n".join(result.lines()))
+    return 0 if all(r.ok for r in results) else 1
 
 
 @command(

@@ -6,12 +6,14 @@ it (:func:`read_records`, :func:`load_run`), possibly while the aggregator is st
 * :mod:`.format`: the on-disk layout and record format (the specification), encoding, decoding;
 * :mod:`.reader`: records one by one, resynchronising after damage (:class:`Damage`);
 * :mod:`.runs`: a run folded into a :class:`RunView`, listing and lookup;
+* :mod:`.check`: verifying runs (log damage, saved files) and saying what is lost;
 * :mod:`.writer`: :class:`RunWriter` and :class:`FileSink`.
 """
 
 from __future__ import annotations
 
 from ..records import Record, RecordType
+from .check import RunCheck, check_run, check_store
 from .format import (
     FILES_DIR,
     FORMAT_VERSION,
@@ -36,8 +38,11 @@ __all__ = [
     "MetricSeries",
     "Record",
     "RecordType",
+    "RunCheck",
     "RunView",
     "RunWriter",
+    "check_run",
+    "check_store",
     "default_root",
     "find_run",
     "list_runs",

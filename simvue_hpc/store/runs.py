@@ -16,7 +16,7 @@ from ..records import RecordType
 from .format import RECORDS_NAME
 from .reader import Damage, read_records
 
-__all__ = ["MetricSeries", "RunView", "find_run", "list_runs", "load_run"]
+__all__ = ["MetricSeries", "RunView", "find_run", "list_runs", "load_run", "run_dirs"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _union(tags: list[str], more: Sequence[str]) -> list[str]:
     return out
 
 
-def _run_dirs(root: Path) -> list[Path]:
+def run_dirs(root: Path) -> list[Path]:
     """The directories of root that hold a record log (others, e.g. simvue's own, are ignored)."""
     try:
         if not root.is_dir():
@@ -163,7 +163,7 @@ def _run_dirs(root: Path) -> list[Path]:
 def list_runs(root: Path | str) -> list[RunView]:
     """Every readable run under root, oldest first; unreadable ones are logged and skipped."""
     views = []
-    for run_dir in _run_dirs(Path(root)):
+    for run_dir in run_dirs(Path(root)):
         try:
             views.append(load_run(run_dir))
         except StoreError as exc:
@@ -193,7 +193,7 @@ def find_run(root: Path | str, key: str) -> Path:
     root = Path(root)
     if not key:
         raise RunNotFound("empty run id or name")
-    dirs = _run_dirs(root)
+    dirs = run_dirs(root)
     for run_dir in dirs:
         if run_dir.name == key:
             return run_dir
