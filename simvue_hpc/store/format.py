@@ -53,6 +53,10 @@ Record types and their payload maps (times are int64 microseconds since the Unix
 11    ALERT_STATE name, status ("ok" | "critical"), time_us, message: an alert changed state
 ====  ==========  ==========================================================================
 
+A METRICS record is at most ``MAX_RECORD_BYTES`` (1 MiB, a setting of the writer) unless it
+holds a single point: the writer splits bigger batches into several records, each with the names
+it uses. Other records have no bound of their own.
+
 A record is valid when its length stays inside the file, its CRC matches, its type is one of
 the above and its payload decodes to a map (for METRICS: columns of one length whose name_id
 values index names). Anything else is damage; the reader's docstring says how it is handled.
@@ -83,6 +87,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_RECORD_BYTES",
     "METRIC_COLUMNS",
     "RECORDS_NAME",
     "RECORD_HEADER_SIZE",
@@ -109,6 +114,7 @@ RECORDS_NAME = "records.svr"
 FILES_DIR = "files"
 TMP_PREFIX = ".tmp-"
 MAX_PAYLOAD = 0xFFFFFFFF
+MAX_RECORD_BYTES = 1 << 20  # default bound of a METRICS record, header included: bigger batches are split
 METRIC_COLUMNS = {"name_id": "<u4", "step": "<i8", "time_us": "<i8", "value": "<f8"}
 _BASE62 = string.digits + string.ascii_letters
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

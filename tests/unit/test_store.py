@@ -280,10 +280,10 @@ def test_a_failed_write_leaves_no_torn_record(tmp_path: Path, monkeypatch: pytes
 
     def half_then_full(fd: int, data: Any) -> int:
         real_write(fd, bytes(data[: len(data) // 2]))
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "write", half_then_full)
-    with pytest.raises(StoreError, match="No space"):
+    with pytest.raises(StoreError, match="Input/output"):
         w.flush()
     monkeypatch.undo()
     w.append(RecordType.STATUS, {"status": "three"})
