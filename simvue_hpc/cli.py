@@ -21,7 +21,17 @@ from typing import Any
 import numpy as np
 
 from .errors import SimvueHPCError
-from .store import MetricSeries, RunView, check_run, check_store, default_root, find_run, list_runs, load_run
+from .store import (
+    MetricSeries,
+    RunView,
+    check_run,
+    check_store,
+    default_root,
+    find_run,
+    list_runs,
+    load_run,
+    load_summary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +180,7 @@ def _metric_row(name: str, s: MetricSeries) -> list[str]:
 @command("list")
 def cmd_list(args: argparse.Namespace) -> int:
     """List the runs in the store."""
-    runs = list_runs(args.root)
+    runs = list_runs(args.root, load_summary)
     if not runs:
         print(f"no runs in {args.root}")
         return 0
@@ -180,7 +190,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             v.name or "-",
             f"{v.status} (damaged)" if v.damaged else v.status,
             str(len(v.ranks)),
-            str(len(v.metrics)),
+            str(v.metric_count),
             _time(v.created_us),
             _time(v.ended_us),
             v.folder,

@@ -6,6 +6,7 @@ it (:func:`read_records`, :func:`load_run`), possibly while the aggregator is st
 * :mod:`.format`: the on-disk layout and record format (the specification), encoding, decoding;
 * :mod:`.reader`: records one by one, resynchronising after damage (:class:`Damage`);
 * :mod:`.runs`: a run folded into a :class:`RunView`, listing and lookup;
+* :mod:`.summary`: a run summarised per metric in one pass, without its points (large runs);
 * :mod:`.check`: verifying runs (log damage, saved files) and saying what is lost;
 * :mod:`.writer`: :class:`RunWriter` and :class:`FileSink`.
 """
@@ -25,6 +26,7 @@ from .format import (
 )
 from .reader import Damage, read_records
 from .runs import MetricSeries, RunView, find_run, list_runs, load_run
+from .summary import MetricRow, MetricSummaries, load_summary
 from .writer import FileSink, RunWriter
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "RECORDS_NAME",
     "Damage",
     "FileSink",
+    "MetricRow",
     "MetricSeries",
+    "MetricSummaries",
     "Record",
     "RecordType",
     "RunCheck",
@@ -47,6 +51,7 @@ __all__ = [
     "find_run",
     "list_runs",
     "load_run",
+    "load_summary",
     "new_run_id",
     "read_records",
 ]

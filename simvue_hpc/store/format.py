@@ -213,7 +213,7 @@ def decode_metrics(payload: Mapping[str, Any], copy: bool = True) -> dict[str, A
 
     With copy=False the arrays are read-only views of the payload's bytes."""
     names = payload["names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, list) or (names and set(map(type, names)) != {str}):
         raise TypeError("names must be a list of strings")
     cols = {key: np.frombuffer(payload[key], dtype=dt) for key, dt in METRIC_COLUMNS.items()}
     if copy:
@@ -227,15 +227,17 @@ def decode_metrics(payload: Mapping[str, Any], copy: bool = True) -> dict[str, A
     return {"names": names, **cols, "late": bool(payload.get("late", False))}
 
 
-def decode_record(offset: int, end: int, code: int, data: bytes | memoryview) -> Record | None:
-    """Decode one CRC-checked record; None if it cannot be (an unknown type or a bad payload)."""
+def decode_record(offset: int, end: int, code: int, data: bytes | memoryview, copy: bool = True) -> Record | None:
+    """Decode one CRC-checked record; None if it cannot be (an unknown type or a bad payload).
+
+    With copy=False a METRICS record's columns are read-only views of its payload."""
     try:
         rtype = RecordType(code)
         payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if not isinstance(payload, dict):
             return None
         if rtype is RecordType.METRICS:
-            payload = decode_metrics(payload)
+            payload = decode_metrics(payload, copy)
     except Exception:  # any decoding failure, whatever msgpack or numpy raise, is a corrupt record
         return None
     return Record(offset, end, rtype, payload)

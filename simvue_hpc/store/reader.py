@@ -91,7 +91,7 @@ class _Window:
         return memoryview(self._buf)[lo : lo + n]
 
 
-def _record_at(win: _Window, offset: int) -> Record | str:
+def _record_at(win: _Window, offset: int, copy: bool = True) -> Record | str:
     """The valid record at offset, or why there is none."""
     head = win.view(offset, RECORD_HEADER_SIZE)
     if len(head) < RECORD_HEADER_SIZE:
@@ -107,7 +107,7 @@ def _record_at(win: _Window, offset: int) -> Record | str:
         return BAD_CRC
     if code not in _TYPE_CODES:
         return BAD_TYPE
-    return decode_record(offset, end, code, data) or BAD_PAYLOAD
+    return decode_record(offset, end, code, data, copy) or BAD_PAYLOAD
 
 
 def _plausible(block: np.ndarray, count: int) -> np.ndarray:
@@ -158,11 +158,11 @@ def _resync(win: _Window, pos: int) -> int | None:
     return None
 
 
-def _scan(f: BinaryIO, start: int, damage: list[Damage] | None) -> Iterator[Record]:
+def _scan(f: BinaryIO, start: int, damage: list[Damage] | None, copy: bool) -> Iterator[Record]:
     win = _Window(f)
     offset = start
     while offset < win.size or offset < win.refresh():
-        found = _record_at(win, offset)
+        found = _record_at(win, offset, copy)
         if isinstance(found, Record):
             yield found
             offset = found.end
@@ -179,9 +179,11 @@ def _scan(f: BinaryIO, start: int, damage: list[Damage] | None) -> Iterator[Reco
         offset = nxt
 
 
-def read_records(path: Path | str, start: int = HEADER_SIZE, damage: list[Damage] | None = None) -> Iterator[Record]:
+def read_records(
+    path: Path | str, start: int = HEADER_SIZE, damage: list[Damage] | None = None, copy: bool = True
+) -> Iterator[Record]:
     """Yield the valid records of a log from offset start, skipping damage (appended to
-    ``damage`` when given, in file order).
+    ``damage`` when given, in file order). With copy=False, METRICS columns are read-only views.
 
     Raises StoreError if the file cannot be read or its header is missing or not ours.
     """
@@ -191,6 +193,6 @@ def read_records(path: Path | str, start: int = HEADER_SIZE, damage: list[Damage
     try:
         with open(path, "rb") as f:
             check_header(f.read(HEADER_SIZE), path)
-            yield from _scan(f, start, damage)
+            yield from _scan(f, start, damage, copy)
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc}") from exc

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import RunNotFound, StoreError
-from ..records import RecordType
+from ..records import Record, RecordType
 from .format import RECORDS_NAME
 from .reader import Damage, read_records
 
-__all__ = ["MetricSeries", "RunView", "find_run", "list_runs", "load_run", "run_dirs"]
+__all__ = ["MetricSeries", "RunView", "find_run", "fold_record", "list_runs", "load_run", "run_dirs"]
+
+if TYPE_CHECKING:
+    from .summary import MetricSummaries
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,12 @@ class RunView:
     folder_details: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, MetricSeries] = field(default_factory=dict)
     damage: list[Damage] = field(default_factory=list)  # unreadable byte ranges of the log, in order
+    summary: MetricSummaries | None = None  # per-metric summary, from load_summary (metrics then empty)
+
+    @property
+    def metric_count(self) -> int:
+        """The number of metrics with points, whichever loader made the view."""
+        return len(self.summary) if self.summary is not None else len(self.metrics)
 
     @property
     def damaged(self) -> bool:
@@ -87,40 +96,8 @@ def load_run(run_dir: Path | str) -> RunView:
                 times.append(p["time_us"])
                 values.append(p["value"])
                 late_flags.append(p["late"])
-            case RecordType.RUN:
-                view.id = str(p.get("id") or view.id)
-                view.name = p.get("name")
-                view.folder = p.get("folder") or "/"
-                view.description = p.get("description")
-                view.tags = _union([], p.get("tags") or [])
-                view.metadata = dict(p.get("metadata") or {})
-                view.created_us = p.get("created_us")
-                view.system = dict(p.get("system") or {})
-                view.job = dict(p.get("job") or {})
-            case RecordType.RUN_UPDATE:
-                for key in ("name", "description", "folder"):
-                    if key in p:
-                        setattr(view, key, p[key])
-                view.metadata.update(p.get("metadata") or {})
-                view.tags = _union(view.tags, p.get("tags") or [])
-            case RecordType.STATUS:
-                view.status = p.get("status", view.status)
-            case RecordType.END:
-                view.status = p.get("status", view.status)
-                view.ended_us = p.get("time_us")
-                view.end = p
-            case RecordType.RANK if isinstance(p.get("rank"), int):
-                view.ranks[p["rank"]] = p
-            case RecordType.EVENT:
-                view.events.append(p)
-            case RecordType.FILE:
-                view.files.append(p)
-            case RecordType.ALERT:
-                view.alerts.append(p)
-            case RecordType.ALERT_STATE:
-                view.alert_states[str(p.get("name"))] = p
-            case RecordType.FOLDER:
-                view.folder_details.append(p)
+            case _:
+                fold_record(view, rec)
     if gids:
         gid = np.concatenate(gids)
         order = np.argsort(gid, kind="stable")  # groups points by metric, keeping record order
@@ -139,6 +116,46 @@ def load_run(run_dir: Path | str) -> RunView:
                 )
             lo = hi
     return view
+
+
+def fold_record(view: RunView, rec: Record) -> None:
+    """Apply one record other than METRICS to a view."""
+    p = rec.payload
+    match rec.type:
+        case RecordType.RUN:
+            view.id = str(p.get("id") or view.id)
+            view.name = p.get("name")
+            view.folder = p.get("folder") or "/"
+            view.description = p.get("description")
+            view.tags = _union([], p.get("tags") or [])
+            view.metadata = dict(p.get("metadata") or {})
+            view.created_us = p.get("created_us")
+            view.system = dict(p.get("system") or {})
+            view.job = dict(p.get("job") or {})
+        case RecordType.RUN_UPDATE:
+            for key in ("name", "description", "folder"):
+                if key in p:
+                    setattr(view, key, p[key])
+            view.metadata.update(p.get("metadata") or {})
+            view.tags = _union(view.tags, p.get("tags") or [])
+        case RecordType.STATUS:
+            view.status = p.get("status", view.status)
+        case RecordType.END:
+            view.status = p.get("status", view.status)
+            view.ended_us = p.get("time_us")
+            view.end = p
+        case RecordType.RANK if isinstance(p.get("rank"), int):
+            view.ranks[p["rank"]] = p
+        case RecordType.EVENT:
+            view.events.append(p)
+        case RecordType.FILE:
+            view.files.append(p)
+        case RecordType.ALERT:
+            view.alerts.append(p)
+        case RecordType.ALERT_STATE:
+            view.alert_states[str(p.get("name"))] = p
+        case RecordType.FOLDER:
+            view.folder_details.append(p)
 
 
 def _union(tags: list[str], more: Sequence[str]) -> list[str]:
@@ -160,12 +177,14 @@ def run_dirs(root: Path) -> list[Path]:
         raise StoreError(f"cannot list {root}: {exc}") from exc
 
 
-def list_runs(root: Path | str) -> list[RunView]:
-    """Every readable run under root, oldest first; unreadable ones are logged and skipped."""
+def list_runs(root: Path | str, loader: Callable[[Path], RunView] | None = None) -> list[RunView]:
+    """Every readable run under root, oldest first; unreadable ones are logged and skipped.
+
+    loader reads one run: load_run (the default, every point) or load_summary (faster)."""
     views = []
     for run_dir in run_dirs(Path(root)):
         try:
-            views.append(load_run(run_dir))
+            views.append((loader or load_run)(run_dir))
         except StoreError as exc:
             logger.warning("skipping run %s: %s", run_dir.name, exc)
     views.sort(key=lambda v: (v.created_us or 0, v.id))
