@@ -298,29 +298,29 @@ class RunWriter:
     def _recover_locked(self, fd: int, exc: OSError) -> StoreError:
         """After a failed write: keep the whole records that reached the file, truncate the torn
         rest; on a full disk drop the records still buffered. Returns the error to raise."""
-        keep = self._flushed
         try:
             size = os.fstat(fd).st_size
-            done = sum(1 for b in self._bounds if b <= size)
-            keep = self._bounds[done - 1] if done else self._flushed
-            if size > keep:
-                os.ftruncate(fd, keep)  # never leave a torn record before later appends
-        except OSError:  # the torn bytes stay; readers resynchronise past them
-            done = 0
-            with contextlib.suppress(OSError):
-                keep = os.fstat(fd).st_size
+        except OSError:
+            size = self._flushed  # nothing known to have reached the file
+        done = sum(1 for b in self._bounds if b <= size)  # whole records on disk
+        whole = self._bounds[done - 1] if done else self._flushed
+        base = whole  # where the next byte will land
+        if size > whole:
+            try:
+                os.ftruncate(fd, whole)  # never leave a torn record before later appends
+            except OSError:  # the torn bytes stay; readers resynchronise past them
+                base = size
         # a new buffer: the failed write's memoryview may still hold the old one
-        self._buf = bytearray(self._buf[max(0, min(len(self._buf), keep - self._flushed)) :])
-        shift = keep - (self._bounds[done - 1] if done else self._flushed)
-        self._bounds = [b + shift for b in self._bounds[done:]]
-        self._flushed = keep
-        self._end = self._bounds[-1] if self._bounds else keep
+        self._buf = bytearray(self._buf[whole - self._flushed :])
+        self._bounds = [b + base - whole for b in self._bounds[done:]]
+        self._flushed = base
+        self._end = self._bounds[-1] if self._bounds else base
         error = _os_error("cannot write", self.records_path, exc)
         if isinstance(error, StoreFull):
             self.discarded_records += len(self._bounds)
             self._buf = bytearray()
             self._bounds.clear()
-            self._end = keep
+            self._end = base
         return error
 
     def flush(self) -> None:

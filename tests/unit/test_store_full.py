@@ -177,3 +177,35 @@ def test_the_store_is_private(tmp_path: Path) -> None:
     assert modes.pop("root/r") == 0o700
     assert modes.pop("root/r/files") == 0o700
     assert set(modes.values()) == {0o600}, modes  # the record log and the saved file
+
+
+def test_a_torn_write_that_cannot_be_truncated_is_skipped_by_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = RunWriter.create(tmp_path, "r")
+    w.append(RecordType.STATUS, {"status": "one"})
+    w.flush()
+    for name in ("two", "three"):
+        w.append(RecordType.STATUS, {"status": name})
+    real_write = os.write
+    cut = len(w._buf) * 3 // 4  # "two" and half of "three"
+
+    def partial_then_fail(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data[:cut]))
+        raise OSError(errno.EIO, "Input/output error")
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "write", partial_then_fail)
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    with pytest.raises(StoreError):
+        w.flush()
+    monkeypatch.undo()
+    offset = w.append(RecordType.STATUS, {"status": "four"})
+    w.close()
+    damage: list[Damage] = []
+    records = list(read_records(w.records_path, damage=damage))
+    assert [r.payload["status"] for r in records] == ["one", "two", "three", "four"]
+    assert records[-1].offset == offset  # offsets stay true after the torn bytes
+    assert len(damage) == 1 and damage[0].end == records[2].offset
