@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simvue_hpc.store import HEADER_SIZE, Damage, Record, RecordType, RunWriter, load_run, read_records
+from simvue_hpc.store import reader as store_reader
 
 T0 = 1_700_000_000_000_000
 
@@ -190,3 +191,24 @@ def test_fuzz_the_reader_never_raises_and_keeps_every_intact_record(
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert not spans or (spans[0][0] == HEADER_SIZE and spans[-1][1] == len(data))
     assert all(d.end > d.start for d in damage)
+
+
+def test_long_candidates_are_checked_when_a_header_or_the_end_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_reader, "RESYNC_CHECK_BYTES", 16)  # every record counts as long
+    path, good = _write_run(tmp_path, n_events=4)
+    data = bytearray(path.read_bytes())
+    data[good[3].offset + 12] ^= 0x01  # damage one record: the next is found through its successor
+    data[good[-2].offset + 12] ^= 0x01  # damage the one before END: END is found at the end of the file
+    path.write_bytes(bytes(data))
+    records, damage = _read(path)
+    lost = {good[3].offset, good[-2].offset}
+    assert [r.offset for r in records] == [r.offset for r in good if r.offset not in lost]
+    assert [(d.start, d.records) for d in damage] == [(good[3].offset, 1), (good[-2].offset, 1)]
+    # a long record followed by a damaged header is not checked: it is lost with the damage
+    data[good[5].offset + 8] = 0xEE  # good[5]'s type byte: neither a type nor checksum-valid
+    path.write_bytes(bytes(data))
+    records, damage = _read(path)
+    assert good[4].offset not in [r.offset for r in records]
+    assert damage[0].start == good[3].offset and damage[0].end == good[6].offset
