@@ -94,7 +94,7 @@ def check_run(run_dir: Path | str) -> RunCheck:
     shas: list[str] = []
     try:
         result.size = path.stat().st_size
-        for rec in read_records(path, damage=result.damage):
+        for rec in read_records(path, damage=result.damage, copy=False):
             result.records[rec.type.name] += 1
             p = rec.payload
             if rec.type in (RecordType.RUN, RecordType.RUN_UPDATE) and isinstance(p.get("name"), str):

@@ -195,7 +195,7 @@ def _run_name(run_dir: Path) -> str | None:
     """The run's current name (RUN, then RUN_UPDATE), or None if it has none or is unreadable."""
     name = None
     try:
-        for rec in read_records(run_dir / RECORDS_NAME):
+        for rec in read_records(run_dir / RECORDS_NAME, copy=False):
             if rec.type in (RecordType.RUN, RecordType.RUN_UPDATE) and "name" in rec.payload:
                 name = rec.payload["name"]
     except StoreError:
