@@ -7,6 +7,9 @@ failed write is truncated back to the last whole record that reached the file, s
 holds a torn record before later appends. Saved files are fsynced before their atomic rename. The
 writer holds an advisory lock on the log (:func:`simvue_hpc.durable.lock_file`) so that two
 writers never interleave. Run directories are created 0700 and files 0600.
+:meth:`RunWriter.reopen` appends to the log of a run whose writer died (an aggregator restarted,
+or the host writing the END its aggregator could not): a record the dead writer cut short is
+truncated, damage in the middle is left for readers to skip.
 
 Bounded records and a full disk
 -------------------------------
@@ -31,6 +34,7 @@ import contextlib
 import errno
 import hashlib
 import itertools
+import logging
 import os
 import secrets
 import threading
@@ -43,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..durable import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, lock_file, write_all
-from ..errors import ConfigurationError, StoreError, StoreFull
+from ..errors import ConfigurationError, RunNotFound, StoreError, StoreFull
 from ..records import RecordType
 from .format import (
     FILES_DIR,
@@ -61,12 +65,22 @@ from .format import (
     metric_column,
     pack_payload,
 )
+from .reader import Damage, read_records
 
 __all__ = ["FLUSH_THRESHOLD", "FileSink", "RunWriter"]
+
+logger = logging.getLogger(__name__)
 
 FLUSH_THRESHOLD = 1 << 20  # buffered bytes that trigger a write to the OS inside append
 MIN_RECORD_BYTES = 4096  # the smallest max_record_bytes accepted
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _check_max_record_bytes(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"max_record_bytes must be an integer, not {value!r}")
+    if value < MIN_RECORD_BYTES:
+        raise ConfigurationError(f"max_record_bytes must be at least {MIN_RECORD_BYTES}, not {value}")
 
 
 def _os_error(what: str, path: Path, exc: OSError) -> StoreError:
@@ -146,7 +160,7 @@ class RunWriter:
     """The single writer of one run's log: buffered appends, flush/sync/close, saved files."""
 
     def __init__(self, run_dir: Path, fd: int, end: int, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
-        """Use :meth:`create`."""
+        """Use :meth:`create` or :meth:`reopen`."""
         self._run_dir = run_dir
         self._fd: int | None = fd
         self._end = end  # offset after the last accepted record (buffered or not)
@@ -175,10 +189,7 @@ class RunWriter:
 
         max_record_bytes bounds the size of a METRICS record (header included): bigger batches
         are split."""
-        if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int):
-            raise ConfigurationError(f"max_record_bytes must be an integer, not {max_record_bytes!r}")
-        if max_record_bytes < MIN_RECORD_BYTES:
-            raise ConfigurationError(f"max_record_bytes must be at least {MIN_RECORD_BYTES}, not {max_record_bytes}")
+        _check_max_record_bytes(max_record_bytes)
         run_dir = Path(root) / check_run_id(run_id)
         try:
             run_dir.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
@@ -203,6 +214,44 @@ class RunWriter:
                 raise _os_error("cannot write", path, exc) from exc
             raise
         return cls(run_dir, fd, HEADER_SIZE, max_record_bytes)
+
+    @classmethod
+    def reopen(cls, root: Path | str, run_id: str, max_record_bytes: int = MAX_RECORD_BYTES) -> RunWriter:
+        """Open an existing run to append more (after its writer died: an aggregator restarted,
+        or the host recording the end of a run its aggregator could not finish).
+
+        Damage at the end of the log (a record cut short by the dead writer) is truncated;
+        damage in the middle stays, readers skip it. Temporary files a dead writer left in
+        ``files/`` are removed. RunNotFound if there is no such run; StoreError if another
+        writer holds it."""
+        _check_max_record_bytes(max_record_bytes)
+        run_dir = Path(root) / check_run_id(run_id)
+        path = run_dir / RECORDS_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError as exc:
+            raise RunNotFound(f"no run {run_id!r} in {root}") from exc
+        except OSError as exc:
+            raise _os_error("cannot open", path, exc) from exc
+        try:
+            if not lock_file(fd, path):
+                raise StoreError(f"{path} is open by another writer")
+            damage: list[Damage] = []
+            end = HEADER_SIZE
+            for rec in read_records(path, damage=damage, copy=False):
+                end = rec.end
+            size = os.fstat(fd).st_size
+            if size > end:
+                logger.warning("%s: truncating %d unreadable bytes at its end (offset %d)", path, size - end, end)
+                os.ftruncate(fd, end)
+            for tmp in (run_dir / FILES_DIR).glob(f"{TMP_PREFIX}*"):
+                tmp.unlink(missing_ok=True)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise _os_error("cannot reopen", path, exc) from exc
+            raise
+        return cls(run_dir, fd, end, max_record_bytes)
 
     def append(self, rtype: RecordType | int, payload: Mapping[str, Any]) -> int:
         """Append one record; returns its offset. METRICS payloads must be already columnar."""
