@@ -14,7 +14,8 @@ skipped byte range is reported as a :class:`Damage`. A CRC-32 lets a false start
 probability of 2**-32 per plausible offset. To keep the scan from re-checksumming huge spans of a
 large log, a candidate longer than ``RESYNC_CHECK_BYTES`` is checked only when another plausible
 header (or the end of the file) follows it; a record that long, directly followed by damage to
-the next record's header, is then skipped with the damage.
+the next record's header, is then skipped with the damage. (A log crafted to hold a plausible
+header at every byte could still make the scan slow; the store is private to its user, 0700.)
 
 An incomplete record at the end of the log (its length runs past the end and nothing valid
 follows) is reported too, as ``torn``: a write in progress, or a writer that died mid-record.
