@@ -22,7 +22,8 @@ readable, and at most one buffer (``FLUSH_THRESHOLD``) of records is lost.
 On ENOSPC or EDQUOT (from a write, or from fsync on file systems that report it late) the writer
 raises :class:`~simvue_hpc.errors.StoreFull` after truncating the log back to the last whole
 record on disk; the buffered records that did not fit are dropped and counted in
-:attr:`RunWriter.discarded_records`. The writer stays usable: a small final record (the run
+:attr:`RunWriter.discarded_records` (an ``append`` whose buffer flush failed did not accept its
+record either). The writer stays usable: a small final record (the run
 marked failed) may still fit in what the truncation freed. Any other write error raises
 :class:`~simvue_hpc.errors.StoreError` and keeps the records that did not reach the file in the
 buffer, to be written by the next flush.
