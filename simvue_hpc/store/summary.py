@@ -2,8 +2,8 @@
 
 :func:`load_run` builds every metric's full series, which a run of 100,000 metrics makes slow and
 large. :func:`load_summary` folds the same records into a :class:`RunView` whose ``summary`` holds,
-per metric, the number of points, the first and last step and time, the minimum and maximum
-(ignoring NaN), the last value and the number of late points. Each METRICS record is reduced with
+per metric, the number of points, the lowest and highest step, the minimum and maximum of the
+finite values, the last value at the highest step and the number of late points. Each METRICS record is reduced with
 a few vectorised numpy passes on its own columns (views of the payload, never copied) and merged
 into per-metric arrays, so memory grows with the number of metrics, not of points. A name filter
 skips the metrics not asked for before any of their points are looked at.
@@ -28,6 +28,7 @@ from .runs import RunView, fold_record
 __all__ = ["MetricRow", "MetricSummaries", "load_summary"]
 
 NameFilter = Callable[[str], bool]
+I64 = np.iinfo(np.int64)
 _CACHE_SIZE = 64  # names lists remembered (the aggregator repeats the same lists record after record)
 
 
@@ -36,14 +37,16 @@ class MetricRow(NamedTuple):
 
     name: str
     points: int
-    first_step: int
-    last_step: int
-    first_time_us: int
-    last_time_us: int
-    min: float  # NaN values ignored; NaN when every value is NaN
+    first_step: int  # the lowest step
+    last_step: int  # the highest step
+    min: float  # over the finite values; NaN when there is none
     max: float
-    last: float
-    late: int
+    last: float  # the value of the last point logged at the highest step (late points come after)
+    late: int  # points stored as late
+
+
+_INT_FILL = {"points": 0, "first_step": I64.max, "last_step": I64.min, "late": 0}
+_FLOAT_COLUMNS = ("min", "max", "last")
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,6 @@ class MetricSummaries:
     points: npt.NDArray[np.int64]
     first_step: npt.NDArray[np.int64]
     last_step: npt.NDArray[np.int64]
-    first_time_us: npt.NDArray[np.int64]
-    last_time_us: npt.NDArray[np.int64]
     min: npt.NDArray[np.float64]
     max: npt.NDArray[np.float64]
     last: npt.NDArray[np.float64]
@@ -65,17 +66,7 @@ class MetricSummaries:
         return len(self.names)
 
     def __iter__(self) -> Iterator[MetricRow]:
-        columns = (
-            self.points,
-            self.first_step,
-            self.last_step,
-            self.first_time_us,
-            self.last_time_us,
-            self.min,
-            self.max,
-            self.last,
-            self.late,
-        )
+        columns = (self.points, self.first_step, self.last_step, self.min, self.max, self.last, self.late)
         for name, *values in zip(self.names, *(c.tolist() for c in columns), strict=True):
             yield MetricRow(name, *values)
 
@@ -85,10 +76,6 @@ class _Names(NamedTuple):
     lookup: npt.NDArray[np.int64]  # local name id -> global id (after remap)
     wanted: npt.NDArray[np.bool_] | None  # by local name id; None: every name
     remap: npt.NDArray[np.intp] | None  # local name id -> index into lookup, when names repeat
-
-
-_INT_COLUMNS = ("points", "first_step", "last_step", "first_time_us", "last_time_us", "late")
-_FLOAT_COLUMNS = ("min", "max", "last")
 
 
 class _Summariser:
@@ -108,12 +95,11 @@ class _Summariser:
         if need <= size:
             return
         cap = max(need, 2 * size)
-        for key in _INT_COLUMNS:
-            self._cols[key] = np.concatenate(
-                [self._cols.get(key, np.zeros(0, np.int64)), np.zeros(cap - size, np.int64)]
-            )
-        for key in _FLOAT_COLUMNS:
-            self._cols[key] = np.concatenate([self._cols.get(key, np.zeros(0)), np.full(cap - size, np.nan)])
+        for key in (*_INT_FILL, *_FLOAT_COLUMNS):
+            grown = np.full(cap, _INT_FILL[key], np.int64) if key in _INT_FILL else np.full(cap, np.nan)
+            if key in self._cols:
+                grown[:size] = self._cols[key]
+            self._cols[key] = grown
 
     def _lookup(self, names: list[str]) -> _Names:
         """What a record's names list maps to (remembered for the next records with the same list)."""
@@ -144,45 +130,47 @@ class _Summariser:
     def add(self, payload: dict[str, Any]) -> None:
         """Fold one METRICS payload (columns as decoded by the reader)."""
         _, lookup, wanted, remap = self._lookup(payload["names"])
-        name_id, step, time_us, value = (payload[k] for k in ("name_id", "step", "time_us", "value"))
+        name_id, step, value = (payload[k] for k in ("name_id", "step", "value"))
         if wanted is not None:
             rows = wanted[name_id]
             if not rows.all():
-                name_id, step, time_us, value = name_id[rows], step[rows], time_us[rows], value[rows]
+                name_id, step, value = name_id[rows], step[rows], value[rows]
         if not len(name_id):
             return
         local = name_id.astype(np.intp) if remap is None else remap[name_id]
+        finite = np.where(np.isfinite(value), value, np.nan)
         k, n = len(lookup), len(local)
         count = np.bincount(local, minlength=k)
-        pos = np.arange(n)
         if n == k and count.max() == 1:  # one point per metric, as the aggregator writes a step
             lo = np.empty(k)
-            lo[local] = value
+            lo[local] = finite
             hi = lo
-            first = np.empty(k, dtype=np.intp)
-            first[local] = pos
-            last = first
+            low = np.empty(k, dtype=np.int64)
+            low[local] = step
+            high = low
+            last = np.empty(k)
+            last[local] = value
         else:
             lo, hi = np.full(k, np.nan), np.full(k, np.nan)
-            np.fmin.at(lo, local, value)
-            np.fmax.at(hi, local, value)
-            first, last = np.full(k, n), np.full(k, -1)
-            np.minimum.at(first, local, pos)
-            np.maximum.at(last, local, pos)
+            np.fmin.at(lo, local, finite)
+            np.fmax.at(hi, local, finite)
+            low, high = np.full(k, I64.max), np.full(k, I64.min)
+            np.minimum.at(low, local, step)
+            np.maximum.at(high, local, step)
+            at_high = np.flatnonzero(step == high[local])  # the points at their metric's highest step
+            where = np.full(k, -1)
+            np.maximum.at(where, local[at_high], at_high)  # the last of them
+            last = value[where]
         present = np.flatnonzero(count)
         g = lookup[present]
         c = self._cols
-        new = c["points"][g] == 0
-        at_first = first[present[new]]
-        c["first_step"][g[new]] = step[at_first]
-        c["first_time_us"][g[new]] = time_us[at_first]
         c["points"][g] += count[present]
+        c["first_step"][g] = np.minimum(c["first_step"][g], low[present])
+        newer = high[present] >= c["last_step"][g]  # a later record at the same step wins
+        c["last"][g[newer]] = last[present[newer]]
+        c["last_step"][g] = np.maximum(c["last_step"][g], high[present])
         c["min"][g] = np.fmin(c["min"][g], lo[present])
         c["max"][g] = np.fmax(c["max"][g], hi[present])
-        at_last = last[present]
-        c["last"][g] = value[at_last]
-        c["last_step"][g] = step[at_last]
-        c["last_time_us"][g] = time_us[at_last]
         if payload.get("late"):
             c["late"][g] += count[present]
 

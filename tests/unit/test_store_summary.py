@@ -21,19 +21,10 @@ def _expected(view: RunView) -> dict[str, tuple[Any, ...]]:
     """The summary rows computed from full series."""
     out = {}
     for name, s in view.metrics.items():
-        finite = s.value[~np.isnan(s.value)]
+        finite = s.value[np.isfinite(s.value)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
-        out[name] = (
-            len(s),
-            int(s.step[0]),
-            int(s.step[-1]),
-            int(s.time_us[0]),
-            int(s.time_us[-1]),
-            lo,
-            hi,
-            float(s.value[-1]),
-            s.late,
-        )
+        last = len(s) - 1 - int(np.argmax(s.step[::-1]))  # the last point at the highest step
+        out[name] = (len(s), int(s.step.min()), int(s.step[last]), lo, hi, float(s.value[last]), s.late)
     return out
 
 
@@ -61,7 +52,7 @@ def _batches(draw: st.DrawFn) -> list[dict[str, Any]]:
             {
                 "names": names,
                 "name_id": draw(st.lists(st.integers(0, len(names) - 1), min_size=n, max_size=n)),
-                "step": draw(st.lists(st.integers(I64.min, I64.max), min_size=n, max_size=n)),
+                "step": draw(st.lists(st.integers(-2, 2) | st.integers(I64.min, I64.max), min_size=n, max_size=n)),
                 "time_us": draw(st.lists(st.integers(0, 2**62), min_size=n, max_size=n)),
                 "value": draw(st.lists(value, min_size=n, max_size=n)),
                 "late": draw(st.booleans()),
@@ -99,6 +90,7 @@ def test_many_metrics_split_records_and_a_predicate(tmp_path: Path) -> None:
     assert view.metric_count == 20_000 and view.summary is not None
     assert view.summary.points.tolist() == [3] * 20_000
     assert view.summary.last.tolist() == [i + 2.0 for i in range(20_000)]
+    assert view.summary.first_step.tolist() == [0] * 20_000 and view.summary.last_step.tolist() == [2] * 20_000
     assert view.summary.names == names
     odd = load_summary(w.run_dir, lambda n: n.endswith("1"))
     assert odd.summary is not None and odd.summary.names == [n for n in names if n.endswith("1")]
