@@ -47,7 +47,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..durable import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, lock_file, write_all
+from ..durable import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, fsync_dir, lock_file, write_all
 from ..errors import ConfigurationError, RunNotFound, StoreError, StoreFull
 from ..records import RecordType
 from .format import (
@@ -134,6 +134,7 @@ class FileSink:
             f.close()
             self._file = None
             os.replace(self._tmp, self._files_dir / digest)
+            fsync_dir(self._files_dir)  # the rename survives a crash of the machine too
         except OSError as exc:
             self.abort()
             raise _os_error("cannot store file", self._files_dir / digest, exc) from exc
@@ -209,6 +210,8 @@ class RunWriter:
             if not lock_file(fd, path):
                 raise StoreError(f"{path} is open by another writer")
             write_all(fd, file_header())
+            for directory in (run_dir, run_dir.parent):  # the new entries survive a machine crash
+                fsync_dir(directory)
         except BaseException as exc:
             os.close(fd)
             if isinstance(exc, OSError):
