@@ -129,8 +129,9 @@ _mutation = st.one_of(
 
 
 def _mutate(data: bytes, mutation: tuple[Any, ...], where: list[int | None], sizes: list[int]) -> bytes:
-    """Apply a mutation after the file header; where[k] follows record k's offset (None once the
-    mutation split it or cut it off)."""
+    """Apply a mutation after the file header; where[k] follows record k's offset (None once cut
+    off). Whether a record is intact is decided by its bytes: an insert into a run of equal bytes
+    can leave a record whole."""
     body = len(data) - HEADER_SIZE
     kind = mutation[0]
     if kind == "truncate":
@@ -144,9 +145,8 @@ def _mutate(data: bytes, mutation: tuple[Any, ...], where: list[int | None], siz
         return bytes(out)
     if kind == "insert":
         at, extra = HEADER_SIZE + mutation[1] % (body + 1), mutation[2]
-        for k, (w, n) in enumerate(zip(where, sizes, strict=True)):
-            if w is not None:
-                where[k] = w + len(extra) if w >= at else (w if w + n <= at else None)
+        # a record the insert splits stays where it was: it is intact only if its bytes say so
+        where[:] = [w + len(extra) if w is not None and w >= at else w for w in where]
         return data[:at] + extra + data[at:]
     return data + mutation[1]
 
