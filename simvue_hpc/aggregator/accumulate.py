@@ -1,0 +1,176 @@
+"""Mergeable running accumulators of points per (key, step): the incremental reduction core.
+
+A :class:`Partials` holds, for each group (key, step), everything the reductions need: count, sum,
+min, max, the sum of squared deviations from the mean (``m2``, for the standard deviation) and the
+latest point time. :func:`accumulate` builds one from points; :func:`merge` combines any number of them
+into what :func:`accumulate` would have built from all their points at once. So the aggregator folds
+each batch of points into its open groups once, and a node relay can pre-reduce its ranks' points and
+forward partials that the root merges.
+
+Exactness of a merge, whatever the split of the points into partials and their order:
+
+- ``count``, ``min``, ``max`` and ``time_ns`` are exact.
+- ``sum`` is kept as an unevaluated double-double ``sum_hi + sum_lo`` (error-free ``two_sum`` at each
+  addition), so the float64 sum it rounds to is the correctly rounded exact sum except when the
+  points cancel by more than about 2**53 (then within an ulp or so); ``mean`` is that sum / count.
+- ``m2`` combines by Chan et al.'s parallel formula (relative error near 1e-15 of the spread).
+
+Groups are kept sorted by (key, step). Pure numpy: the combination of the entries of a group is a
+pairwise tree over all groups at once (about log2(largest group) vectorised rounds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_FIELDS = ("key", "step", "time_ns", "count", "sum_hi", "sum_lo", "min", "max", "m2")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Partials:
+    """Accumulators of groups (key, step), one entry per group, sorted by key then step."""
+
+    key: np.ndarray  # int64
+    step: np.ndarray  # int64
+    time_ns: np.ndarray  # int64: the latest time among the group's points
+    count: np.ndarray  # int64
+    sum_hi: np.ndarray  # float64: the sum is sum_hi + sum_lo
+    sum_lo: np.ndarray  # float64
+    min: np.ndarray  # float64
+    max: np.ndarray  # float64
+    m2: np.ndarray  # float64: sum of squared deviations from the group's mean
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @classmethod
+    def empty(cls) -> Partials:
+        i, f = np.empty(0, np.int64), np.empty(0, np.float64)
+        return cls(i, i, i, i, f, f, f, f, f)
+
+    @property
+    def sum(self) -> np.ndarray:
+        return self.sum_hi + self.sum_lo
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / self.count
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (ddof=0)."""
+        return np.sqrt(np.maximum(self.m2, 0.0) / self.count)
+
+    def column(self, op: str) -> np.ndarray:
+        """The values of reduction ``op`` (mean, min, max, sum, std, count) as float64."""
+        return np.asarray(getattr(self, op), dtype=np.float64)
+
+    def select(self, index: np.ndarray) -> Partials:
+        """The groups at ``index`` (a boolean mask or sorted positions), still sorted."""
+        return Partials(*(getattr(self, name)[index] for name in _FIELDS))
+
+
+def accumulate(key: np.ndarray, step: np.ndarray, time_ns: np.ndarray, value: np.ndarray) -> Partials:
+    """The accumulators of equal-length point columns, grouped by (key, step)."""
+    v = np.asarray(value, dtype=np.float64)
+    n = len(v)
+    singles = Partials(
+        key=np.asarray(key, dtype=np.int64),
+        step=np.asarray(step, dtype=np.int64),
+        time_ns=np.asarray(time_ns, dtype=np.int64),
+        count=np.ones(n, dtype=np.int64),
+        sum_hi=v,
+        sum_lo=np.zeros(n),
+        min=v,
+        max=v,
+        m2=np.zeros(n),
+    )
+    return _combine(singles)
+
+
+def merge(*parts: Partials) -> Partials:
+    """One :class:`Partials` with the groups of all ``parts``: equal groups combined."""
+    parts = tuple(p for p in parts if len(p))
+    if not parts:
+        return Partials.empty()
+    if len(parts) == 1:
+        return parts[0]
+    return _combine(Partials(*(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS)))
+
+
+# ---------------------------------------------------------------------------------------------- internals
+def _order(key: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Positions sorting the entries by (key, step), stable."""
+    n = len(key)
+    if n == 0:
+        return np.empty(0, np.int64)
+    k_lo, k_hi = int(key.min()), int(key.max())
+    s_lo, s_hi = int(step.min()), int(step.max())
+    span = s_hi - s_lo + 1
+    if (k_hi - k_lo + 1) * span <= max(4 * n, 1 << 16):  # a small key space: one integer sort key
+        dense = (key - k_lo) * span + (step - s_lo)
+        return np.argsort(dense, kind="stable")
+    return np.lexsort((step, key))
+
+
+def _combine(p: Partials) -> Partials:
+    """Sort the entries by (key, step) and combine the entries of each group into its first one."""
+    n = len(p)
+    if n == 0:
+        return Partials.empty()
+    order = _order(p.key, p.step)
+    if np.array_equal(order, np.arange(n)):
+        arrays = {name: getattr(p, name).copy() for name in _FIELDS}
+    else:
+        arrays = {name: getattr(p, name)[order] for name in _FIELDS}
+    key, step = arrays["key"], arrays["step"]
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(key[1:], key[:-1], out=start[1:])
+    start[1:] |= step[1:] != step[:-1]
+    starts = np.flatnonzero(start)
+    if len(starts) == n:  # every group has one entry
+        return Partials(**arrays)
+    sizes = np.diff(np.append(starts, n))
+    within = np.arange(n) - np.repeat(starts, sizes)  # each entry's position in its group
+    size_of = np.repeat(sizes, sizes)
+    stride = 1
+    while stride < int(sizes.max()):
+        # entry j (j a multiple of 2*stride) absorbs entry j + stride of the same group
+        a = np.flatnonzero((within % (2 * stride) == 0) & (within + stride < size_of))
+        _absorb(arrays, a, a + stride)
+        stride *= 2
+    return Partials(**{name: arrays[name][starts] for name in _FIELDS})
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``s + e == a + b`` exactly, with ``s`` the rounded sum (Knuth)."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def _absorb(arrays: dict[str, np.ndarray], a: np.ndarray, b: np.ndarray) -> None:
+    """Entries ``a`` become the combination of entries ``a`` and ``b`` (same groups)."""
+    n_a, n_b = arrays["count"][a], arrays["count"][b]
+    n = n_a + n_b
+    hi_a, lo_a = arrays["sum_hi"][a], arrays["sum_lo"][a]
+    hi_b, lo_b = arrays["sum_hi"][b], arrays["sum_lo"][b]
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean_a = (hi_a + lo_a) / n_a
+        mean_b = (hi_b + lo_b) / n_b
+        delta = mean_b - mean_a
+        m2 = arrays["m2"][a] + arrays["m2"][b] + delta * delta * (n_a * (n_b / n))
+        s, e = _two_sum(hi_a, hi_b)
+        hi, lo = _two_sum(s, e + (lo_a + lo_b))
+    finite = np.isfinite(s)
+    arrays["sum_hi"][a] = np.where(finite, hi, s)  # an infinite or NaN sum stays as plain addition gives it
+    arrays["sum_lo"][a] = np.where(finite, lo, 0.0)
+    arrays["m2"][a] = m2
+    arrays["count"][a] = n
+    arrays["min"][a] = np.minimum(arrays["min"][a], arrays["min"][b])
+    arrays["max"][a] = np.maximum(arrays["max"][a], arrays["max"][b])
+    arrays["time_ns"][a] = np.maximum(arrays["time_ns"][a], arrays["time_ns"][b])
