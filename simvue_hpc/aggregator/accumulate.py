@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_FIELDS = ("key", "step", "time_ns", "count", "sum_hi", "sum_lo", "min", "max", "m2")
+_FIELDS = ("key", "step", "time_ns", "count", "sum_hi", "sum_lo", "min", "max", "m2", "arrived")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -41,6 +41,7 @@ class Partials:
     min: np.ndarray  # float64
     max: np.ndarray  # float64
     m2: np.ndarray  # float64: sum of squared deviations from the group's mean
+    arrived: np.ndarray  # float64: when the group's first point arrived (the receiver's clock)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -48,7 +49,7 @@ class Partials:
     @classmethod
     def empty(cls) -> Partials:
         i, f = np.empty(0, np.int64), np.empty(0, np.float64)
-        return cls(i, i, i, i, f, f, f, f, f)
+        return cls(i, i, i, i, f, f, f, f, f, f)
 
     @property
     def sum(self) -> np.ndarray:
@@ -72,22 +73,43 @@ class Partials:
         return Partials(*(getattr(self, name)[index] for name in _FIELDS))
 
 
-def accumulate(key: np.ndarray, step: np.ndarray, time_ns: np.ndarray, value: np.ndarray) -> Partials:
-    """The accumulators of equal-length point columns, grouped by (key, step)."""
+def accumulate(
+    key: np.ndarray, step: np.ndarray, time_ns: np.ndarray, value: np.ndarray, arrived: float | np.ndarray = 0.0
+) -> Partials:
+    """The accumulators of equal-length point columns, grouped by (key, step); ``arrived`` is when the
+    points arrived (one time for all, or one each), kept as each group's earliest."""
     v = np.asarray(value, dtype=np.float64)
     n = len(v)
-    singles = Partials(
-        key=np.asarray(key, dtype=np.int64),
-        step=np.asarray(step, dtype=np.int64),
-        time_ns=np.asarray(time_ns, dtype=np.int64),
-        count=np.ones(n, dtype=np.int64),
-        sum_hi=v,
-        sum_lo=np.zeros(n),
-        min=v,
-        max=v,
-        m2=np.zeros(n),
+    if n == 0:
+        return Partials.empty()
+    key = np.asarray(key, dtype=np.int64)
+    step = np.asarray(step, dtype=np.int64)
+    order = _order(key, step)
+    if not np.array_equal(order, np.arange(n)):
+        key, step, v, time_ns = key[order], step[order], v[order], np.asarray(time_ns)[order]
+        if np.ndim(arrived):
+            arrived = np.asarray(arrived)[order]
+    starts = _starts(key, step)
+    count = np.diff(np.append(starts, n))
+    hi, lo = _segment_sum(v, starts, count)
+    mean = (hi + lo) / count
+    dev = v - np.repeat(mean, count)
+    if np.ndim(arrived):
+        first = np.minimum.reduceat(np.asarray(arrived, dtype=np.float64), starts)
+    else:
+        first = np.full(len(starts), float(arrived))
+    return Partials(
+        key=key[starts],
+        step=step[starts],
+        time_ns=np.maximum.reduceat(np.asarray(time_ns, dtype=np.int64), starts),
+        count=count.astype(np.int64),
+        sum_hi=hi,
+        sum_lo=lo,
+        min=np.minimum.reduceat(v, starts),
+        max=np.maximum.reduceat(v, starts),
+        m2=np.add.reduceat(dev * dev, starts),
+        arrived=first,
     )
-    return _combine(singles)
 
 
 def merge(*parts: Partials) -> Partials:
@@ -109,40 +131,97 @@ def _order(key: np.ndarray, step: np.ndarray) -> np.ndarray:
     k_lo, k_hi = int(key.min()), int(key.max())
     s_lo, s_hi = int(step.min()), int(step.max())
     span = s_hi - s_lo + 1
-    if (k_hi - k_lo + 1) * span <= max(4 * n, 1 << 16):  # a small key space: one integer sort key
+    keys = (k_hi - k_lo + 1) * span
+    if keys <= max(4 * n, 1 << 16):  # a small key space: one integer sort key
         dense = (key - k_lo) * span + (step - s_lo)
+        if keys <= 1 << 16:
+            dense = dense.astype(np.uint16)  # numpy sorts 16-bit keys by radix: linear time
         return np.argsort(dense, kind="stable")
     return np.lexsort((step, key))
 
 
+def _starts(key: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Where each group of sorted (key, step) entries starts."""
+    start = np.empty(len(key), dtype=bool)
+    start[0] = True
+    np.not_equal(key[1:], key[:-1], out=start[1:])
+    start[1:] |= step[1:] != step[:-1]
+    return np.flatnonzero(start)
+
+
+def _pairs(group: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One halving round: the entries that survive (even positions in their group), and the pairs
+    (a, b) of survivors a absorbing their next entry b of the same group."""
+    a = np.flatnonzero(within % 2 == 0)
+    b = a + 1
+    has = b < len(group)
+    has[has] = group[b[has]] == group[a[has]]
+    return a, a[has], b[has]
+
+
+def _segment_sum(v: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Double-double sums of the sorted segments of ``v`` by a pairwise tree: on a (segments x longest)
+    matrix padded with -0.0 (which adds exactly) when that is compact, else halving the entries."""
+    hi, lo = v.copy(), np.zeros(len(v))
+    if len(starts) == len(v):
+        return hi, lo
+    longest = int(sizes.max())
+    within = np.arange(len(v)) - np.repeat(starts, sizes)
+    if len(starts) * longest <= 4 * len(v):
+        mat = np.full((len(starts), longest), -0.0)
+        mat[np.repeat(np.arange(len(starts)), sizes), within] = v
+        mhi, mlo = mat, np.zeros_like(mat)
+        while mhi.shape[1] > 1:
+            half = mhi.shape[1] // 2
+            h, low = _dd_add(mhi[:, :half], mlo[:, :half], mhi[:, half : 2 * half], mlo[:, half : 2 * half])
+            if mhi.shape[1] % 2:
+                h = np.hstack([h, mhi[:, 2 * half :]])
+                low = np.hstack([low, mlo[:, 2 * half :]])
+            mhi, mlo = h, low
+        return mhi[:, 0].copy(), mlo[:, 0].copy()
+    group = np.repeat(np.arange(len(starts)), sizes)
+    while len(hi) > len(starts):
+        keep, a, b = _pairs(group, within)
+        hi[a], lo[a] = _dd_add(hi[a], lo[a], hi[b], lo[b])
+        hi, lo, group, within = hi[keep], lo[keep], group[keep], within[keep] // 2
+    return hi, lo
+
+
+def _dd_add(hi_a: np.ndarray, lo_a: np.ndarray, hi_b: np.ndarray, lo_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hi_a + lo_a) + (hi_b + lo_b) as a normalised double-double; an infinite or NaN sum stays as
+    plain addition gives it."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        s, e = _two_sum(hi_a, hi_b)
+        hi, lo = _two_sum(s, e + (lo_a + lo_b))
+    finite = np.isfinite(s)
+    if finite.all():
+        return hi, lo
+    return np.where(finite, hi, s), np.where(finite, lo, 0.0)
+
+
 def _combine(p: Partials) -> Partials:
-    """Sort the entries by (key, step) and combine the entries of each group into its first one."""
+    """Sort the entries by (key, step) and combine the entries of each group (a halving pairwise tree)."""
     n = len(p)
     if n == 0:
         return Partials.empty()
     order = _order(p.key, p.step)
     if np.array_equal(order, np.arange(n)):
-        arrays = {name: getattr(p, name).copy() for name in _FIELDS}
+        arrays = {name: getattr(p, name) for name in _FIELDS}
     else:
         arrays = {name: getattr(p, name)[order] for name in _FIELDS}
-    key, step = arrays["key"], arrays["step"]
-    start = np.empty(n, dtype=bool)
-    start[0] = True
-    np.not_equal(key[1:], key[:-1], out=start[1:])
-    start[1:] |= step[1:] != step[:-1]
-    starts = np.flatnonzero(start)
+    starts = _starts(arrays["key"], arrays["step"])
     if len(starts) == n:  # every group has one entry
         return Partials(**arrays)
     sizes = np.diff(np.append(starts, n))
-    within = np.arange(n) - np.repeat(starts, sizes)  # each entry's position in its group
-    size_of = np.repeat(sizes, sizes)
-    stride = 1
-    while stride < int(sizes.max()):
-        # entry j (j a multiple of 2*stride) absorbs entry j + stride of the same group
-        a = np.flatnonzero((within % (2 * stride) == 0) & (within + stride < size_of))
-        _absorb(arrays, a, a + stride)
-        stride *= 2
-    return Partials(**{name: arrays[name][starts] for name in _FIELDS})
+    arrays = {name: a.copy() for name, a in arrays.items()}
+    group = np.repeat(np.arange(len(starts)), sizes)
+    within = np.arange(n) - np.repeat(starts, sizes)
+    while len(group) > len(starts):
+        keep, a, b = _pairs(group, within)
+        _absorb(arrays, a, b)
+        arrays = {name: x[keep] for name, x in arrays.items()}
+        group, within = group[keep], within[keep] // 2
+    return Partials(**arrays)
 
 
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,17 +239,11 @@ def _absorb(arrays: dict[str, np.ndarray], a: np.ndarray, b: np.ndarray) -> None
     hi_a, lo_a = arrays["sum_hi"][a], arrays["sum_lo"][a]
     hi_b, lo_b = arrays["sum_hi"][b], arrays["sum_lo"][b]
     with np.errstate(invalid="ignore", over="ignore"):
-        mean_a = (hi_a + lo_a) / n_a
-        mean_b = (hi_b + lo_b) / n_b
-        delta = mean_b - mean_a
-        m2 = arrays["m2"][a] + arrays["m2"][b] + delta * delta * (n_a * (n_b / n))
-        s, e = _two_sum(hi_a, hi_b)
-        hi, lo = _two_sum(s, e + (lo_a + lo_b))
-    finite = np.isfinite(s)
-    arrays["sum_hi"][a] = np.where(finite, hi, s)  # an infinite or NaN sum stays as plain addition gives it
-    arrays["sum_lo"][a] = np.where(finite, lo, 0.0)
-    arrays["m2"][a] = m2
+        delta = (hi_b + lo_b) / n_b - (hi_a + lo_a) / n_a
+        arrays["m2"][a] = arrays["m2"][a] + arrays["m2"][b] + delta * delta * (n_a * (n_b / n))
+    arrays["sum_hi"][a], arrays["sum_lo"][a] = _dd_add(hi_a, lo_a, hi_b, lo_b)
     arrays["count"][a] = n
     arrays["min"][a] = np.minimum(arrays["min"][a], arrays["min"][b])
     arrays["max"][a] = np.maximum(arrays["max"][a], arrays["max"][b])
     arrays["time_ns"][a] = np.maximum(arrays["time_ns"][a], arrays["time_ns"][b])
+    arrays["arrived"][a] = np.minimum(arrays["arrived"][a], arrays["arrived"][b])

@@ -138,7 +138,7 @@ class AggregatorState:
             peer.state = LIVE
             self._record_rank(peer, "joined", out, returned=True)
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
-            self._live_changed(out)
+            self._live_changed(peer, out)
         handler = self._handlers.get(type(msg))
         if handler is None:
             self.counters["protocol_errors"] += 1
@@ -293,7 +293,10 @@ class AggregatorState:
             floor = self.config.expected_ranks or (0 if self.config.host_rank is None else 1)
             rank = max([floor - 1, *self._roster.by_rank]) + 1
         peer = Peer(identity, rank, msg.host, msg.pid, last_seen=now, next_seq=seq + 1)
-        self._roster.add(peer)
+        for gone in self._roster.add(peer):
+            if gone.rank != rank:
+                self._steps.set_live(gone.rank, False)
+        self._steps.joined(rank)
         self._rejected.discard(identity)
         for name, spec in msg.reductions.items():
             try:
@@ -306,7 +309,7 @@ class AggregatorState:
         out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
         if self.aborted is not None:
             out.append(Reply(identity, Notice("abort", self.aborted)))
-        self._live_changed(out)
+        self._live_changed(peer, out)
 
     def _sequence(self, peer: Peer, seq: int, out: list[Action]) -> None:
         gap = (seq - peer.next_seq) & 0xFFFFFFFF
@@ -319,7 +322,7 @@ class AggregatorState:
         n = len(batch.value)
         peer.received_points += n
         self.counters["points_received"] += n
-        self._steps.ingest(peer, batch, now)
+        self._steps.ingest(peer.rank, batch, now)
 
     def _on_resources(self, peer: Peer, msg: Resources, now: float, out: list[Action]) -> None:
         self._resources.observe(peer.identity, msg, now)
@@ -360,7 +363,7 @@ class AggregatorState:
             self._event(f"{who} sent {msg.sent_points} point(s), {peer.received_points} arrived", "warning", out)
         out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
         self._files.forget(peer.identity, out)
-        self._live_changed(out)
+        self._live_changed(peer, out)
         if self.config.host_rank is not None and peer.rank == self.config.host_rank:
             self.begin_close(now)
 
@@ -420,7 +423,7 @@ class AggregatorState:
         self._record_rank(peer, "lost", out)
         self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
         self._files.forget(peer.identity, out)
-        self._live_changed(out)
+        self._live_changed(peer, out)
 
     def _store_final(self, now: float, out: list[Action], final: bool) -> None:
         for action in self._steps.reduce(now, final):
@@ -443,7 +446,8 @@ class AggregatorState:
         )
         self._append_metrics(action, out)
 
-    def _live_changed(self, out: list[Action]) -> None:
+    def _live_changed(self, peer: Peer, out: list[Action]) -> None:
+        self._steps.set_live(peer.rank, peer.state == LIVE)
         live = sum(1 for _ in self._roster.live())
         if live != self._live_reported:
             self._live_reported = live
