@@ -101,6 +101,8 @@ class AggregatorState:
         self.aborted: str | None = None
         self._live_reported = 0
         self._live_step = 0
+        self._live_dirty = False
+        self._live_due = now
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
             Resources: self._on_resources,
@@ -138,7 +140,7 @@ class AggregatorState:
             peer.state = LIVE
             self._record_rank(peer, "joined", out, returned=True)
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
-            self._live_changed(peer, out)
+            self._live_changed(peer)
         handler = self._handlers.get(type(msg))
         if handler is None:
             self.counters["protocol_errors"] += 1
@@ -224,6 +226,7 @@ class AggregatorState:
             if now - peer.last_seen > self._settings.rank_timeout:
                 self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
         self._store_final(now, out, final=False)
+        self._record_live(now, out)
         for transition in self._alerts.evaluate(self._wall_ns() // 1000):
             self._transition(transition, out)
         if self._resources.due(now):
@@ -309,7 +312,7 @@ class AggregatorState:
         out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
         if self.aborted is not None:
             out.append(Reply(identity, Notice("abort", self.aborted)))
-        self._live_changed(peer, out)
+        self._live_changed(peer)
 
     def _sequence(self, peer: Peer, seq: int, out: list[Action]) -> None:
         gap = (seq - peer.next_seq) & 0xFFFFFFFF
@@ -363,7 +366,7 @@ class AggregatorState:
             self._event(f"{who} sent {msg.sent_points} point(s), {peer.received_points} arrived", "warning", out)
         out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
         self._files.forget(peer.identity, out)
-        self._live_changed(peer, out)
+        self._live_changed(peer)
         if self.config.host_rank is not None and peer.rank == self.config.host_rank:
             self.begin_close(now)
 
@@ -423,7 +426,7 @@ class AggregatorState:
         self._record_rank(peer, "lost", out)
         self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
         self._files.forget(peer.identity, out)
-        self._live_changed(peer, out)
+        self._live_changed(peer)
 
     def _store_final(self, now: float, out: list[Action], final: bool) -> None:
         for action in self._steps.reduce(now, final):
@@ -446,13 +449,24 @@ class AggregatorState:
         )
         self._append_metrics(action, out)
 
-    def _live_changed(self, peer: Peer, out: list[Action]) -> None:
+    def _live_changed(self, peer: Peer) -> None:
         self._steps.set_live(peer.rank, peer.state == LIVE)
+        self._live_dirty = True
+
+    def _record_live(self, now: float, out: list[Action], final: bool = False) -> None:
+        """The number of live ranks as the aggregator's own metric: only in runs of several ranks, at
+        most once per heartbeat interval (and once at the end), and only when it changed."""
+        if not self._live_dirty or (now < self._live_due and not final):
+            return
+        if (self.config.expected_ranks or 0) < 2 and len(self._roster.by_rank) < 2:
+            return
+        self._live_dirty = False
         live = sum(1 for _ in self._roster.live())
         if live != self._live_reported:
             self._live_reported = live
             self._series({LIVE_RANKS: float(live)}, self._live_step, out)
             self._live_step += 1
+            self._live_due = now + self._settings.heartbeat_interval
 
     def _transition(self, transition: Transition, out: list[Action]) -> None:
         """An alert changed state: an event and an ALERT_STATE record; an abort if it asks for one."""
@@ -470,6 +484,7 @@ class AggregatorState:
 
     def _finish(self, now: float, out: list[Action]) -> None:
         self._store_final(now, out, final=True)
+        self._record_live(now, out, final=True)
         missing = sorted(p.rank for p in self._roster.live())
         for rank in missing:
             self._record_rank(self._roster.by_rank[rank], "missing", out)

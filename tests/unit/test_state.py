@@ -818,17 +818,52 @@ def test_abort_tells_every_live_rank_and_later_joiners_and_terminates_the_run() 
     assert end["status"] == "terminated"
 
 
-def test_live_ranks_metric_follows_joins_goodbyes_and_losses() -> None:
-    h = Harness(expected_ranks=3, rank_timeout=5.0)
-    joined(h, 0, 1, 2)
-    h.goodbye(2)
-    h.tick(6.0)  # 0 and 1 lost
-    live = [
-        (int(a.step[0]), a.value[0])
+def live_series(h: Harness) -> list[tuple[int, float]]:
+    return [
+        (int(a.step[0]), float(a.value[0]))
         for a in h.actions
         if isinstance(a, AppendMetrics) and a.names == ["simvue_hpc/live_ranks"]
     ]
-    assert live == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 2.0), (4, 1.0), (5, 0.0)]
+
+
+def test_live_ranks_metric_follows_joins_goodbyes_and_losses() -> None:
+    h = Harness(expected_ranks=3, rank_timeout=5.0, heartbeat_interval=1.0)
+    joined(h, 0, 1, 2)
+    h.tick()
+    h.goodbye(2)
+    h.tick(1.0)
+    h.tick(5.5)  # 0 and 1 lost
+    assert live_series(h) == [(0, 3.0), (1, 2.0), (2, 0.0)]
+
+
+def test_live_ranks_is_recorded_at_most_once_per_heartbeat_interval() -> None:
+    h = Harness(expected_ranks=None, host_rank=0, heartbeat_interval=5.0, rank_timeout=1000.0)
+    joined(h, 0)
+    for k in range(1, 200):  # pool workers come and go, many times a second
+        h.hello(-1, who=b"w%d" % k)
+        h.tick(0.01)
+        h.goodbye(b"w%d" % k)
+        h.tick(0.01)
+    h.hello(-1, who=b"last")
+    h.tick(5.0)
+    series = live_series(h)
+    assert 1 <= len(series) <= 3, series  # 4 s of churn: once at the start, once after each interval
+    assert series[-1][1] == 2.0 and [s for s, _ in series] == list(range(len(series)))
+    h.goodbye(b"last")
+    h.goodbye(0)
+    h.tick()
+    assert live_series(h)[-1][1] == 0.0  # the end is recorded
+
+
+def test_a_single_rank_run_has_no_live_ranks_series() -> None:
+    h = Harness(expected_ranks=1)
+    joined(h, 0)
+    h.log(0, [("x", 0, 1.0)])
+    h.tick(10.0)
+    h.goodbye(0)
+    h.tick()
+    assert finishes(h.actions) == ["completed"]
+    assert live_series(h) == []
 
 
 def test_resources_are_summed_per_node_and_over_nodes() -> None:
@@ -839,7 +874,7 @@ def test_resources_are_summed_per_node_and_over_nodes() -> None:
     h.send(ident(1), Resources(1, 30.0, 200.0))
     h.send(ident(2), Resources(1, 100.0, 50.0, [[0, 20.0, 10.0]]))
     out = h.tick(1.0)
-    (a,) = [a for a in out if isinstance(a, AppendMetrics)]
+    (a,) = [a for a in out if isinstance(a, AppendMetrics) and a.names[0].startswith("resources/")]
     got = dict(zip(a.names, a.value.tolist(), strict=True))
     assert got["resources/cpu.usage.percentage"] == 180.0 and got["resources/cpu.usage.memory"] == 350.0
     assert got["resources/gpu.utilisation.percent.0"] == 50.0 and got["resources/gpu.utilisation.memory.0"] == 25.0
