@@ -309,10 +309,19 @@ class AggregatorState:
                 continue
             self._steps.set_reduction(name, reduction)
         self._record_rank(peer, "joined", out)
-        out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
+        welcome = Welcome(rank, self.config.run_id, self.config.run_name, self._flush_interval())
+        out.append(Reply(identity, welcome))
         if self.aborted is not None:
             out.append(Reply(identity, Notice("abort", self.aborted)))
         self._live_changed(peer)
+
+    def _flush_interval(self) -> float:
+        """The shortest interval at which a rank may send METRICS, so that all ranks together stay within
+        ``message_rate_budget``: the world size shares it, or in a pool the ranks live now. 0.0 (the
+        rank's own default) when that default is already slower."""
+        ranks = self.config.expected_ranks or sum(1 for _ in self._roster.live())
+        interval = ranks / self._settings.message_rate_budget
+        return interval if interval > self._settings.flush_interval else 0.0
 
     def _sequence(self, peer: Peer, seq: int, out: list[Action]) -> None:
         gap = (seq - peer.next_seq) & 0xFFFFFFFF

@@ -180,6 +180,22 @@ def test_hello_welcomes_and_records_the_rank() -> None:
     assert h.state.ranks() == {0: "live"}
 
 
+def test_welcome_shares_the_message_rate_budget_among_the_ranks() -> None:
+    h = Harness(expected_ranks=4096, message_rate_budget=20_000.0)
+    (msg,) = replies(h.hello(17))
+    assert isinstance(msg, Welcome) and msg.flush_interval == pytest.approx(4096 / 20_000)
+    small = Harness(expected_ranks=8)  # 8 ranks at the default interval stay far below the budget
+    (msg,) = replies(small.hello(0))
+    assert isinstance(msg, Welcome) and msg.flush_interval == 0.0
+    pool = Harness(expected_ranks=None, message_rate_budget=100.0)  # ranks come and go: those live now
+    intervals = []
+    for k in range(5):
+        (msg,) = replies(pool.hello(-1, who=b"w%d" % k))
+        assert isinstance(msg, Welcome)
+        intervals.append(msg.flush_interval)
+    assert intervals == pytest.approx([0.0, 0.0, 0.03, 0.04, 0.05])
+
+
 def test_hello_with_the_wrong_secret_is_rejected() -> None:
     h = Harness()
     out = h.hello(0, secret="guess")
