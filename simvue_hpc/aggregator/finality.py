@@ -27,9 +27,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ..config import HPCSettings
 from ..protocol import MetricBatch
 from .accumulate import Partials, accumulate, merge
 from .actions import AppendMetrics
@@ -63,10 +65,14 @@ class StepFinality:
     """The metrics' open groups, their final steps, and the storing of what became final."""
 
     def __init__(
-        self, roster: Roster, step_timeout: float, reductions: Mapping[str, Reduction], counters: dict[str, int]
+        self, roster: Roster, settings: HPCSettings, reductions: Mapping[str, Reduction], counters: dict[str, int]
     ) -> None:
         self._roster = roster
-        self._step_timeout = step_timeout
+        self._step_timeout = settings.step_timeout
+        self._max_metrics = settings.max_metrics
+        self._max_open_steps = settings.max_open_steps
+        self.bounds_passed: list[str] = []  # one message per bound, the first time it is passed
+        self._bounds_told: set[str] = set()
         self._reductions = dict(reductions)
         self._counters = counters
         self._metrics: dict[str, _Metric] = {}
@@ -104,6 +110,17 @@ class StepFinality:
         for gid in self._rank_metrics.get(rank, ()):
             self._by_gid[gid].live_contributors += delta
 
+    def request_reductions(self, specs: Mapping[str, Any]) -> list[str]:
+        """A rank's reductions (its HELLO): each applies unless its metric is already stored; returns
+        what was wrong with those ignored."""
+        problems = []
+        for name, spec in specs.items():
+            try:
+                self.set_reduction(name, Reduction.parse(name, spec))
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
+
     def set_reduction(self, name: str, reduction: Reduction) -> None:
         """A rank asked for ``reduction`` of ``name``: it applies unless the metric is already stored."""
         self._reductions[name] = reduction
@@ -115,30 +132,53 @@ class StepFinality:
     # ------------------------------------------------------------------------------------------ points
     def ingest(self, rank: int, batch: MetricBatch, now: float) -> None:
         """Take a rank's batch of points; they wait, staged, until the next :meth:`reduce` folds them."""
-        n = len(batch.value)
-        if n == 0:
+        if len(batch.value) == 0:
             return
         used = np.bincount(batch.name_id, minlength=len(batch.names)) > 0
-        lut = np.empty(len(batch.names), dtype=np.int64)
+        lut = np.full(len(batch.names), -1, dtype=np.int64)
         for i, name in enumerate(batch.names):
+            if not used[i]:
+                continue
             metric = self._metric(name, now)
+            if metric is None:
+                continue
             lut[i] = metric.gid
-            if used[i] and rank not in metric.contributors:
+            if rank not in metric.contributors:
                 self._contribute(metric, rank)
-        top = int(batch.step.max())
-        if top > self._progress.get(rank, INT64_MIN):
-            self._progress[rank] = top
-            if rank in self._live:
-                heapq.heappush(self._heap, (top, rank))
-        self._staged.append(
-            (
-                lut[batch.name_id],
-                batch.step.astype(np.int64),
-                np.full(n, rank, dtype=np.int64),
-                batch.time_ns.astype(np.int64),
-                batch.value.astype(np.float64),
+        gid = lut[batch.name_id]
+        step = batch.step.astype(np.int64)
+        step_ok = (step > INT64_MIN) & (step < INT64_MAX)
+        keep = step_ok & (gid >= 0)
+        if not keep.all():
+            self._over_bound(
+                "max_metrics",
+                f"the run has {self._max_metrics} distinct metric names (the max_metrics bound): "
+                "points of further names are dropped",
+                int(np.count_nonzero(step_ok & (gid < 0))),
             )
+            self._over_bound(
+                "step",
+                "steps must lie strictly between -2**63 and 2**63 - 1 (the bound of the step range): "
+                "points at those limits are dropped",
+                int(np.count_nonzero(~step_ok)),
+            )
+        if step_ok.any():
+            top = int(step[step_ok].max())
+            if top > self._progress.get(rank, INT64_MIN):
+                self._progress[rank] = top
+                if rank in self._live:
+                    heapq.heappush(self._heap, (top, rank))
+        if not keep.any():
+            return
+        ranks = np.full(len(step), rank, dtype=np.int64)
+        cols: tuple[np.ndarray, ...] = (
+            gid,
+            step,
+            ranks,
+            batch.time_ns.astype(np.int64),
+            batch.value.astype(np.float64),
         )
+        self._staged.append(cols if keep.all() else tuple(c[keep] for c in cols))
         self._staged_at.append(now)
 
     def reduce(self, now: float, final: bool) -> list[AppendMetrics]:
@@ -178,9 +218,12 @@ class StepFinality:
         return out
 
     # ------------------------------------------------------------------------------------------ internals
-    def _metric(self, name: str, now: float) -> _Metric:
+    def _metric(self, name: str, now: float) -> _Metric | None:
+        """The metric of ``name``, new if need be; None past ``max_metrics``."""
         metric = self._metrics.get(name)
         if metric is None:
+            if len(self._by_gid) >= self._max_metrics:
+                return None
             reduction = self._reductions.get(name, Reduction())
             metric = _Metric(len(self._by_gid), name, reduction, first_seen=now)
             self._metrics[name] = metric
@@ -190,6 +233,45 @@ class StepFinality:
                 self._mode = _grown(self._mode, 0)
             self._mode[metric.gid] = metric.mode
         return metric
+
+    def _over_bound(self, bound: str, message: str, dropped: int) -> None:
+        """Points dropped past a bound: counted; the first time, a message for the run's events."""
+        if dropped <= 0:
+            return
+        self._counters["points_over_bounds"] += dropped
+        if bound not in self._bounds_told:
+            self._bounds_told.add(bound)
+            self.bounds_passed.append(f"{message} (dropped and counted in points_over_bounds)")
+
+    def _cap_open_steps(self) -> None:
+        """Each metric keeps at most ``max_open_steps`` open steps: its oldest; later ones are dropped."""
+        cap = self._max_open_steps
+        dropped = 0
+        if len(self._open) > cap:
+            key = self._open.key
+            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            sizes = np.diff(np.append(starts, len(key)))
+            if sizes.max() > cap:
+                within = np.arange(len(key)) - np.repeat(starts, sizes)
+                over = within >= cap
+                dropped += int(self._open.count[over].sum())
+                self._open = self._open.select(~over)
+        for gid in self._raw_gids:
+            metric = self._by_gid[gid]
+            if sum(len(c[0]) for c in metric.raw) <= cap:
+                continue
+            chunk = _concat(metric.raw)
+            if len(chunk[0]) > cap:
+                order = np.argsort(chunk[0], kind="stable")[:cap]
+                order.sort()
+                dropped += len(chunk[0]) - cap
+                metric.raw = [tuple(c[order] for c in chunk)]
+        self._over_bound(
+            "max_open_steps",
+            f"a metric has {cap} steps waiting to be final (the max_open_steps bound): points of later steps are "
+            "dropped",
+            dropped,
+        )
 
     def _contribute(self, metric: _Metric, rank: int) -> None:
         metric.contributors.add(rank)
@@ -225,6 +307,7 @@ class StepFinality:
         if not reduced.all():
             kept = ~reduced
             self._keep_raw(gid[kept], step[kept], rank[kept], t_ns[kept], value[kept], arrived[kept])
+        self._cap_open_steps()
 
     def _keep_raw(self, gid: np.ndarray, *cols: np.ndarray) -> None:
         order = np.argsort(gid, kind="stable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import fields
 from itertools import pairwise
@@ -99,7 +100,7 @@ class Harness:
             names=list(names),
             name_id=np.array([names.index(p[0]) for p in points], dtype=np.uint32),
             step=np.array([p[1] for p in points], dtype=np.int64),
-            time_ns=np.array([WALL0 + 1000 * p[1] + 7 for p in points], dtype=np.int64).reshape(n),
+            time_ns=np.array([WALL0 + 1000 * (p[1] if abs(p[1]) < 2**40 else 0) + 7 for p in points]).reshape(n),
             value=np.array([p[2] for p in points], dtype=np.float64).reshape(n),
         )
         return self.send(who, batch)
@@ -277,10 +278,10 @@ def test_messages_before_hello_get_one_reject() -> None:
 
 def test_protocol_error_from_unknown_peer_is_rejected_and_from_a_rank_is_recorded() -> None:
     h = Harness()
-    out = h.state.protocol_error(b"who", "bad magic")
+    out = h.state.protocol_error(b"who", "bad magic", h.now)
     assert replies(out) == [Reject("bad magic")]
     joined(h, 0)
-    out = h.state.protocol_error(ident(0), "truncated header")
+    out = h.state.protocol_error(ident(0), "truncated header", h.now)
     assert replies(out) == []
     assert any("truncated header" in e and "rank 0" in e for e in events(out, "warning"))
     assert h.state.counters["protocol_errors"] == 2
@@ -290,8 +291,10 @@ def test_aggregator_messages_from_a_rank_are_counted_as_errors() -> None:
     h = Harness()
     joined(h, 0)
     out = h.send(ident(0), GoodbyeAck(3))
-    assert out == []
-    assert h.state.counters["protocol_errors"] == 1
+    assert replies(out) == []
+    assert events(out, "warning") == ["rank 0 on node0 sent GoodbyeAck, which ranks do not send"]
+    assert h.send(ident(0), GoodbyeAck(4)) == []  # reported once a minute, counted each time
+    assert h.state.counters["protocol_errors"] == 2
 
 
 # --------------------------------------------------------------------------------------------- sequence numbers
@@ -1223,3 +1226,94 @@ def test_a_chunk_after_the_final_one_is_an_error() -> None:
     out = h.send(ident(0), FileChunk(SHA, 6, True, b""))
     assert [a for a in out if isinstance(a, FileWrite)] == []
     assert replies(out, 0) == [FileReply(SHA, "error", "chunk out of order or past the size")]
+
+
+# --------------------------------------------------------------------------------------------- bounds
+def over_bounds_events(h: Harness) -> list[str]:
+    return [e for e in events(h.actions, "warning") if "dropped" in e and "bound" in e]
+
+
+def test_protocol_errors_are_logged_once_per_peer_per_minute(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    joined(h, 0)
+    with caplog.at_level(logging.WARNING, logger="simvue_hpc.aggregator.state"):
+        for _ in range(1000):
+            h.actions += h.state.protocol_error(ident(0), "truncated header", h.now)
+            h.actions += h.state.protocol_error(b"stranger", "bad magic", h.now)
+            h.now += 0.01
+        assert len(caplog.records) == 2  # one per peer, not 2,000 lines
+        h.now += 60.0
+        h.actions += h.state.protocol_error(ident(0), "truncated header", h.now)
+        assert len(caplog.records) == 3 and "999 more" in caplog.records[-1].getMessage()
+    assert h.state.counters["protocol_errors"] == 2001
+    assert len([e for e in events(h.actions, "warning") if "undecodable" in e]) == 2
+    # an unknown peer is still answered each time: it must learn that it is not welcome
+    assert sum(1 for m in replies(h.actions, b"stranger") if isinstance(m, Reject)) == 1000
+
+
+def test_distinct_metric_names_are_capped() -> None:
+    h = Harness(expected_ranks=1, max_metrics=3)
+    joined(h, 0)
+    h.log(0, [(f"m{k}", 0, float(k)) for k in range(5)])
+    h.log(0, [(f"m{k}", 1, float(k)) for k in range(5)])
+    h.goodbye(0)
+    h.tick()
+    assert {name for name, _ in stored(h.actions)} == {"m0", "m1", "m2"}
+    assert h.state.counters["points_over_bounds"] == 4
+    (warning,) = over_bounds_events(h)
+    assert "max_metrics" in warning and "3" in warning
+    (end,) = records(h.actions, RecordType.END)
+    assert end["counters"]["points_over_bounds"] == 4
+
+
+def test_open_steps_of_a_metric_are_capped() -> None:
+    h = Harness(expected_ranks=2, max_open_steps=10, step_timeout=1000.0, rank_timeout=1000.0)
+    joined(h, 0, 1)
+    h.log(1, [("a", 0, 0.0)])  # rank 1 stays at step 0: rank 0's later steps wait for it
+    for s in range(30):
+        h.log(0, [("a", s, 1.0)])
+        h.tick()
+    assert h.state.counters["points_over_bounds"] == 20  # steps 0-9 are open, 10-29 past the bound
+    (warning,) = over_bounds_events(h)
+    assert "max_open_steps" in warning
+    h.goodbye(0)
+    h.goodbye(1)
+    h.tick()
+    assert sorted({s for _, s in stored(h.actions)}) == list(range(10))
+
+
+def test_steps_at_the_int64_limits_are_rejected() -> None:
+    h = Harness(expected_ranks=1)
+    joined(h, 0)
+    lo, hi = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+    h.log(0, [("a", lo, 1.0), ("a", 5, 2.0), ("a", hi, 3.0)])
+    h.log(0, [("a", hi, 4.0)])
+    h.goodbye(0)
+    h.tick()
+    assert stored(h.actions) == {("a", 5): 2.0}
+    assert h.state.counters["points_over_bounds"] == 3
+    (warning,) = over_bounds_events(h)
+    assert "step" in warning
+
+
+def test_peers_are_capped_at_the_world_plus_a_margin() -> None:
+    h = Harness(expected_ranks=2, peer_margin=1)
+    joined(h, 0, 1)
+    (ok,) = replies(h.hello(-1, who=b"extra"))
+    assert isinstance(ok, Welcome) and ok.rank == 2
+    for k in range(3):
+        (no,) = replies(h.hello(-1, who=b"more%d" % k))
+        assert isinstance(no, Reject) and "3 ranks" in no.reason
+    assert h.state.counters["peers_refused"] == 3
+    assert len([e for e in events(h.actions, "warning") if "peer_margin" in e]) == 1
+    assert replies(h.hello(1), 1) == [Welcome(1, "run-1", "the-run")]  # a known rank may say hello again
+
+
+def test_a_pool_caps_the_ranks_live_at_once() -> None:
+    h = Harness(expected_ranks=None, max_peers=3)
+    joined(h, 0)
+    for k in range(2):
+        assert isinstance(replies(h.hello(-1, who=b"w%d" % k))[0], Welcome)
+    assert isinstance(replies(h.hello(-1, who=b"w9"))[0], Reject)
+    h.goodbye(b"w0")
+    assert isinstance(replies(h.hello(-1, who=b"w10"))[0], Welcome)  # a closed worker frees its place
