@@ -27,6 +27,13 @@ class Peer:
     sent_points: int = 0
     dropped_points: int = 0
 
+    def sequence(self, seq: int) -> int:
+        """Take the sequence number of the link's next message; returns how many messages went missing
+        before it (the numbers wrap at 2**32)."""
+        gap = (seq - self.next_seq) & 0xFFFFFFFF
+        self.next_seq = (seq + 1) & 0xFFFFFFFF
+        return gap if gap < 0x80000000 else 0
+
 
 class Roster:
     """Every peer by identity and by rank; ``expected`` is the world size (None in a pool)."""
@@ -60,6 +67,12 @@ class Roster:
 
     def live(self) -> Iterator[Peer]:
         return (p for p in self.by_identity.values() if p.state == LIVE)
+
+    def unfinished(self) -> tuple[list[int], list[int]]:
+        """At the end: the ranks still live (no goodbye), and the expected ranks that never joined."""
+        live = sorted(p.rank for p in self.live())
+        never = [r for r in range(self.expected or 0) if r not in self.by_rank]
+        return live, never
 
     def all_joined(self) -> bool:
         """Every expected rank has joined (always true in a pool)."""
