@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,7 +61,7 @@ class AggregatorSpec:
         """The spec as one JSON line for the child process (it holds the secret and the token)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["settings"] = self.settings.to_dict()
-        data["server"] = None if self.server is None else asdict(self.server)
+        data["server"] = None if self.server is None else self.server.to_dict()
         return json.dumps(data)
 
     @classmethod
@@ -69,7 +69,7 @@ class AggregatorSpec:
         """The inverse of :meth:`to_json`; the settings are validated again."""
         data = json.loads(text)
         data["settings"] = HPCSettings(**data["settings"])
-        data["server"] = None if data["server"] is None else ServerSettings(**data["server"])
+        data["server"] = None if data["server"] is None else ServerSettings.from_dict(data["server"])
         return cls(**data)
 
 
