@@ -42,6 +42,7 @@ class Roster:
         self.expected = expected
         self.by_identity: dict[bytes, Peer] = {}
         self.by_rank: dict[int, Peer] = {}
+        self.live_count = 0  # kept as links come, go and change state: O(1) to read
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_identity.values())
@@ -63,7 +64,13 @@ class Roster:
             gone.append(existing)
         self.by_identity[peer.identity] = peer
         self.by_rank[peer.rank] = peer
+        self.live_count += (peer.state == LIVE) - sum(p.state == LIVE for p in gone)
         return gone
+
+    def set_state(self, peer: Peer, state: str) -> None:
+        """A registered link becomes live, closed or lost."""
+        self.live_count += (state == LIVE) - (peer.state == LIVE)
+        peer.state = state
 
     def live(self) -> Iterator[Peer]:
         return (p for p in self.by_identity.values() if p.state == LIVE)

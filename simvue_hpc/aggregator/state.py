@@ -139,7 +139,7 @@ class AggregatorState:
             self._event(f"{gap} message(s) from rank {peer.rank} on {peer.host} lost in transit", "warning", out)
         peer.last_seen = now
         if peer.state == LOST:
-            peer.state = LIVE
+            self._roster.set_state(peer, LIVE)
             self._record_rank(peer, "joined", out, returned=True)
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
             self._live_changed(peer)
@@ -246,7 +246,7 @@ class AggregatorState:
             if rolled is not None:
                 self._series(rolled[1], rolled[0], out)
         if self._close_deadline is not None:
-            done = not any(True for _ in self._roster.live()) and self._roster.all_joined()
+            done = self._roster.live_count == 0 and self._roster.all_joined()
             if done or now >= self._close_deadline:
                 self._finish(now, out)
         return out
@@ -337,7 +337,7 @@ class AggregatorState:
         if peer.state == CLOSED:  # a repeated goodbye: acknowledge again, count nothing twice
             out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
             return
-        peer.state = CLOSED
+        self._roster.set_state(peer, CLOSED)
         peer.sent_points = msg.sent_points
         peer.dropped_points = msg.dropped_points
         self.counters["dropped_points"] += msg.dropped_points
@@ -425,7 +425,7 @@ class AggregatorState:
         out.append(Append(RecordType.EVENT, {**payload, "level": level}))
 
     def _lose(self, peer: Peer, why: str, out: list[Action]) -> None:
-        peer.state = LOST
+        self._roster.set_state(peer, LOST)
         self._record_rank(peer, "lost", out)
         self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
         self._files.forget(peer.identity, out)
@@ -451,7 +451,7 @@ class AggregatorState:
 
     def _record_live(self, now: float, out: list[Action], final: bool = False) -> None:
         several = (self.config.expected_ranks or 0) > 1 or len(self._roster.by_rank) > 1
-        point = self._live.take(now, sum(1 for _ in self._roster.live()), several, final)
+        point = self._live.take(now, self._roster.live_count, several, final)
         if point is not None:
             self._series({LIVE_RANKS: point[1]}, point[0], out)
 
