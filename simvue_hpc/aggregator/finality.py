@@ -295,21 +295,26 @@ class StepFinality:
         if not self._staged:
             return
         gid, step, rank, t_ns, value = _concat(self._staged)
-        arrived = np.repeat(np.array(self._staged_at), [len(c[0]) for c in self._staged])
+        # One arrival time for the fold, its oldest batch's: a group may be forced out at most one
+        # tick early, and the points need no column of their own.
+        arrived = min(self._staged_at)
         self._staged, self._staged_at = [], []
         late = step <= self._final_step[gid]
         if late.any():
             self._counters["late_points"] += int(late.sum())
             self._emit_points(gid[late], step[late], rank[late], t_ns[late], value[late], out, late=True)
             keep = ~late
-            gid, step, rank, t_ns, value, arrived = (c[keep] for c in (gid, step, rank, t_ns, value, arrived))
+            gid, step, rank, t_ns, value = (c[keep] for c in (gid, step, rank, t_ns, value))
         reduced = self._mode[gid] == REDUCED
-        if reduced.any():
-            fresh = accumulate(gid[reduced], step[reduced], t_ns[reduced], value[reduced], arrived[reduced])
-            self._open = merge(self._open, fresh)
-        if not reduced.all():
+        if reduced.all():
+            self._open = merge(self._open, accumulate(gid, step, t_ns, value, arrived))
+        else:
+            if reduced.any():
+                fresh = accumulate(gid[reduced], step[reduced], t_ns[reduced], value[reduced], arrived)
+                self._open = merge(self._open, fresh)
             kept = ~reduced
-            self._keep_raw(gid[kept], step[kept], rank[kept], t_ns[kept], value[kept], arrived[kept])
+            n = int(np.count_nonzero(kept))
+            self._keep_raw(gid[kept], step[kept], rank[kept], t_ns[kept], value[kept], np.full(n, arrived))
         self._cap_open_steps()
 
     def _keep_raw(self, gid: np.ndarray, *cols: np.ndarray) -> None:
