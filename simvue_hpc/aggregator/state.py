@@ -103,6 +103,7 @@ class AggregatorState:
         self.finished = False
         self.aborted: str | None = None
         self.stopped: str | None = None  # why the run no longer accepts data
+        self._silence_due = now
         self._live = LiveRanks(self._settings.heartbeat_interval, now)
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
@@ -234,9 +235,11 @@ class AggregatorState:
         out: list[Action] = []
         if self.finished:
             return out
-        for peer in list(self._roster.live()):
-            if now - peer.last_seen > self._settings.rank_timeout:
-                self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
+        if now >= self._silence_due:  # a scan of the ranks, a few times per rank_timeout
+            self._silence_due = now + min(1.0, self._settings.rank_timeout / 10)
+            for peer in list(self._roster.live()):
+                if now - peer.last_seen > self._settings.rank_timeout:
+                    self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
         self._store_final(now, out, final=False)
         self._record_live(now, out)
         for transition in self._alerts.evaluate(self._wall_ns() // 1000):
