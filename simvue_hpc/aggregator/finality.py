@@ -16,7 +16,8 @@ step already final is *late*: it is reduced among the late points and stored as 
 How: arriving points are staged as they come and folded once, at the next :meth:`StepFinality.reduce`,
 into the open groups: running accumulators per (metric, step) (:mod:`.accumulate`) for metrics of
 several ranks; the points themselves for a metric of one rank (stored as logged) and for ``per_rank``
-metrics. No point is looked at again until its step is final; then its group is stored and released.
+metrics. Each point is folded once; what later folds and ticks look at are the open groups (one per
+(metric, step), whatever the number of ranks). A group is stored and released as soon as it is final.
 Watermarks follow the ranks' progress: the smallest progress among live ranks is a lazily cleaned heap,
 and each metric counts its live contributors, so a metric logged by every live rank (the usual case) is
 final up to that minimum, found in O(1) amortised.
