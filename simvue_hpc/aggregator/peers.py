@@ -26,6 +26,8 @@ class Peer:
     received_points: int = 0
     sent_points: int = 0
     dropped_points: int = 0
+    start_time: int = 0  # the process's start (clock ticks since boot) and pid namespace; 0: unknown
+    pid_ns: int = 0
 
     def sequence(self, seq: int) -> int:
         """Take the sequence number of the link's next message; returns how many messages went missing

@@ -254,9 +254,10 @@ class AggregatorState:
                 self._finish(now, out)
         return out
 
-    def live_pids_on(self, host: str) -> dict[bytes, int]:
-        """Live ranks on ``host`` (the aggregator's own), so the loop can see which have exited."""
-        return {p.identity: p.pid for p in self._roster.live() if p.host == host}
+    def live_pids_on(self, host: str) -> dict[bytes, tuple[int, int, int]]:
+        """Live ranks on ``host`` (the aggregator's own) as (pid, start time, pid namespace), so the loop
+        can see which have exited."""
+        return {p.identity: (p.pid, p.start_time, p.pid_ns) for p in self._roster.live() if p.host == host}
 
     def process_exited(self, identity: bytes) -> list[Action]:
         """The process of a live rank on this host has exited without a goodbye: lost now, rather
@@ -297,7 +298,7 @@ class AggregatorState:
         self._notes(out)
         if rank is None:
             return
-        peer = Peer(identity, rank, msg.host, msg.pid, last_seen=now, next_seq=seq + 1)
+        peer = Peer(identity, rank, msg.host, msg.pid, now, seq + 1, start_time=msg.start_time, pid_ns=msg.pid_ns)
         for gone in self._roster.add(peer):
             if gone.rank != rank:
                 self._steps.set_live(gone.rank, False)

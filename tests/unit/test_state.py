@@ -197,6 +197,14 @@ def test_welcome_shares_the_message_rate_budget_among_the_ranks() -> None:
     assert intervals == pytest.approx([0.0, 0.0, 0.03, 0.04, 0.05])
 
 
+def test_the_process_identity_of_a_local_rank_is_kept() -> None:
+    h = Harness()
+    h.hello(0, start_time=12345, pid_ns=4026531836)
+    h.hello(1)
+    assert h.state.live_pids_on("node0") == {ident(0): (1000, 12345, 4026531836)}
+    assert h.state.live_pids_on("node1") == {ident(1): (1001, 0, 0)}
+
+
 def test_hello_with_the_wrong_secret_is_rejected() -> None:
     h = Harness()
     out = h.hello(0, secret="guess")
