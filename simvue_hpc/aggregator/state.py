@@ -376,11 +376,12 @@ class AggregatorState:
 
     def _on_alert_definition(self, peer: Peer, msg: AlertDefinition, now: float, out: list[Action]) -> None:
         try:
-            self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
+            new = self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
         except ValueError as exc:
             self._event(f"alert from rank {peer.rank} not evaluated: {exc}", "warning", out)
         else:
-            out.append(Append(RecordType.ALERT, dict(msg.definition)))
+            if new:  # every rank may define it: recorded, and registered with the server, once
+                out.append(Append(RecordType.ALERT, dict(msg.definition)))
 
     def _on_alert_state(self, peer: Peer, msg: AlertState, now: float, out: list[Action]) -> None:
         try:

@@ -824,6 +824,13 @@ def test_event_run_update_folder_and_alert_records() -> None:
     definition = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=3)
     out = h.send(ident(0), AlertDefinition(definition))
     assert records(out, RecordType.ALERT) == [definition]
+    # every rank of an MPI job defines it: recorded (and so registered with the server) once
+    out = h.send(ident(1), AlertDefinition(definition))
+    assert records(out, RecordType.ALERT) == [] and events(out) == []
+    # the same name defined differently: refused with a warning
+    other = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=4)
+    out = h.send(ident(1), AlertDefinition(other))
+    assert records(out, RecordType.ALERT) == [] and any("defined differently" in m for m in events(out, "warning"))
     # an invalid definition (only a broken client sends one) is refused with a warning, not recorded:
     # the server would refuse it too, and its 422 would stop the upload
     out = h.send(ident(0), AlertDefinition({"name": "bad", "source": "metrics"}))
