@@ -1,0 +1,41 @@
+"""``simvue-hpc list`` and ``show``: the runs of the local store, as text or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..store import find_run, list_runs, load_run
+from ..view.summary import MAX_METRIC_ROWS, list_lines, run_data, run_entry, show_lines, to_json
+from .app import arg, command
+
+JSON = arg("--json", action="store_true", help="print JSON for scripts instead of text")
+
+
+@command("list", JSON)
+def cmd_list(args: argparse.Namespace) -> int:
+    """List the runs in the store."""
+    entries = [run_entry(v) for v in list_runs(args.root)]
+    if args.json:
+        print(to_json(entries))
+    elif not entries:
+        print(f"no runs in {args.root}")
+    else:
+        print("\n".join(list_lines(entries)))
+    return 0
+
+
+@command(
+    "show",
+    arg("run", metavar="RUN", help="run id, unique id prefix, or unique run name"),
+    arg("--metrics", metavar="PATTERN", help="list only the metrics whose name matches PATTERN (shell-style: 'loss*')"),
+    JSON,
+)
+def cmd_show(args: argparse.Namespace) -> int:
+    """Show one run: a summary, then metadata, metrics, events, files, alerts and ranks."""
+    view = load_run(find_run(args.root, args.run))
+    if args.json:
+        print(to_json(run_data(view, args.metrics)))
+    else:
+        limit = None if args.metrics else MAX_METRIC_ROWS
+        print("\n".join(show_lines(run_data(view, args.metrics, limit))))
+    return 0

@@ -1,0 +1,260 @@
+"""Plots of a run's metrics: the mean with the spread across ranks, alerts and events marked.
+
+One panel per logged metric. A reduced metric is drawn as its first operation (the mean by
+default) with the band from ``.min`` to ``.max`` shaded; a ``per_rank`` metric as one line per
+rank, or, past :data:`RANK_LINES` ranks, as bands of quantiles across the ranks. Points that came
+late are marked; alert changes and events are vertical lines. Every series is cut to the pixel
+width first (:mod:`.downsample`), so a million points draw as fast as a thousand.
+
+matplotlib is optional (``pip install 'simvue_hpc[plot]'``); the Agg renderer is used through
+``matplotlib.figure.Figure`` directly, never pyplot, so no display and no global state.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ConfigurationError, MissingExtra
+from . import downsample
+from .history import RunHistory, Series, base_name
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+RANK_LINES = 16  # per_rank metrics with more ranks are drawn as quantile bands
+MAX_PANELS = 50
+FORMATS = (".png", ".svg", ".pdf")
+WIDTH_IN, PANEL_IN, DPI = 10.0, 2.8, 100
+BAND_COLOUR, LINE_COLOUR = "#1f77b4", "#1f77b4"
+_RANK_SUFFIX = "/rank_"
+
+
+@dataclass
+class Panel:
+    """What one panel draws: a line with an optional band, or the lines of several ranks."""
+
+    name: str
+    main: Series | None = None
+    low: Series | None = None
+    high: Series | None = None
+    ranks: dict[int, Series] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        if self.ranks:
+            return "ranks"
+        return "band" if self.low is not None or self.high is not None else "line"
+
+
+def panels(series: dict[str, Series]) -> list[Panel]:
+    """Group stored series into panels by the metric they were logged as, in order of appearance."""
+    groups: dict[str, list[str]] = {}
+    for name in series:
+        groups.setdefault(base_name(name), []).append(name)
+    out: list[Panel] = []
+    for base, names in groups.items():
+        ranks = {int(n.rpartition(_RANK_SUFFIX)[2]): series[n] for n in names if _is_rank_series(n)}
+        if ranks:
+            out.append(Panel(base, ranks=dict(sorted(ranks.items()))))
+            names = [n for n in names if not _is_rank_series(n)]
+        if base in series:
+            out.append(Panel(base, series[base], series.get(f"{base}.min"), series.get(f"{base}.max")))
+            names = [n for n in names if n not in (base, f"{base}.min", f"{base}.max")]
+        out += [Panel(n, series[n]) for n in names]
+    return out
+
+
+def _is_rank_series(name: str) -> bool:
+    _head, sep, tail = name.rpartition(_RANK_SUFFIX)
+    return bool(sep) and tail.isdigit()
+
+
+def _matplotlib_figure() -> type[Figure]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingExtra("plot", "matplotlib", "plotting") from exc
+    return Figure
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The x axis: ``step``, or ``time`` in seconds since the run started; optional bounds on it."""
+
+    kind: str = "step"
+    since: float | None = None
+    until: float | None = None
+    origin_us: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("step", "time"):
+            raise ConfigurationError(f"x must be 'step' or 'time', got {self.kind!r}")
+
+    def of(self, s: Series) -> npt.NDArray[np.float64]:
+        if self.kind == "step":
+            return s.step.astype(np.float64)
+        return (s.time_us - self.origin_us) / 1e6
+
+    def keep(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        sel = np.ones(len(x), dtype=bool)
+        if self.since is not None:
+            sel &= x >= self.since
+        if self.until is not None:
+            sel &= x <= self.until
+        return sel
+
+    @property
+    def label(self) -> str:
+        return "step" if self.kind == "step" else "time since the run started (s)"
+
+
+def render(
+    history: RunHistory, axis: Axis | None = None, title: str | None = None, only: Sequence[Panel] | None = None
+) -> Figure:
+    """A figure with one panel per metric of history's series (see :func:`panels`), or of only those."""
+    figure_cls = _matplotlib_figure()
+    view = history.view
+    axis = axis or Axis(origin_us=view.created_us or 0)
+    todo = panels(history.series) if only is None else list(only)
+    if not todo:
+        raise ConfigurationError("no metric to plot: none of the asked names is in the run")
+    if len(todo) > MAX_PANELS:
+        raise ConfigurationError(f"{len(todo)} metrics match; plot at most {MAX_PANELS} at once")
+    height = (0.6 if title != "" else 0.2) + PANEL_IN * len(todo)
+    fig = figure_cls(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
+    if title != "":  # None: the run's name and status; "": no title (the report has its own)
+        fig.suptitle(title or f"{view.name or view.id}  [{view.status}]", fontsize=11)
+    axes = fig.subplots(len(todo), 1, squeeze=False)[:, 0]
+    buckets = int(WIDTH_IN * DPI)
+    marks = _marks(history, axis)
+    for ax, panel in zip(axes, todo, strict=True):
+        _draw(ax, panel, axis, buckets)
+        _draw_marks(ax, panel.name, marks)
+        ax.set_title(panel.name, loc="left", fontsize=10)
+        ax.set_xlabel(axis.label, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def _draw(ax: Axes, panel: Panel, axis: Axis, buckets: int) -> None:
+    if panel.kind == "ranks":
+        _draw_ranks(ax, panel, axis, buckets)
+        return
+    main = panel.main
+    if main is None:
+        return
+    x_all = axis.of(main)
+    on_time = axis.keep(x_all) & ~main.late  # late points are marked, not joined into the line
+    if panel.kind == "band":
+        low, high = panel.low or main, panel.high or main
+        for edge in (low, high):
+            if len(edge) != len(main):  # companions are written together; never seen otherwise
+                raise ConfigurationError(f"{panel.name}: the min/max series do not match the mean's points")
+        bx, lo, hi = downsample.envelope(x_all[on_time], low.value[on_time], high.value[on_time], buckets)
+        ax.fill_between(bx, lo, hi, color=BAND_COLOUR, alpha=0.25, linewidth=0, label="min–max across ranks")
+    x, y = downsample.minmax(x_all[on_time], main.value[on_time], buckets)
+    label = "mean" if panel.kind == "band" else None
+    ax.plot(x, y, color=LINE_COLOUR, linewidth=1.2, label=label)
+    late = axis.keep(x_all) & main.late
+    if late.any():
+        ax.plot(x_all[late], main.value[late], "x", color="#ff7f0e", markersize=5, label=f"late ({int(late.sum())})")
+
+
+def _draw_ranks(ax: Axes, panel: Panel, axis: Axis, buckets: int) -> None:
+    if len(panel.ranks) <= RANK_LINES:
+        for rank, s in panel.ranks.items():
+            x_all = axis.of(s)
+            sel = axis.keep(x_all)
+            x, y = downsample.minmax(x_all[sel], s.value[sel], buckets)
+            ax.plot(x, y, linewidth=1.0, label=f"rank {rank}")
+        return
+    xs = np.concatenate([axis.of(s) for s in panel.ranks.values()])
+    ys = np.concatenate([s.value for s in panel.ranks.values()])
+    sel = axis.keep(xs)
+    bx, (q0, q10, q50, q90, q100) = downsample.quantiles(xs[sel], ys[sel], buckets, (0, 0.1, 0.5, 0.9, 1))
+    n = len(panel.ranks)
+    ax.fill_between(bx, q0, q100, color=BAND_COLOUR, alpha=0.15, linewidth=0, label=f"min–max of {n} ranks")
+    ax.fill_between(bx, q10, q90, color=BAND_COLOUR, alpha=0.3, linewidth=0, label="10–90th percentile")
+    ax.plot(bx, q50, color=LINE_COLOUR, linewidth=1.2, label="median")
+
+
+@dataclass
+class _Marks:
+    events: list[float]
+    alerts: dict[str, tuple[str | None, list[float], list[float]]]  # name -> (metric, fired, cleared)
+
+
+def _marks(history: RunHistory, axis: Axis) -> _Marks:
+    """Event and alert times, on the x axis (through the steps' times when x is the step)."""
+    all_t = np.concatenate([s.time_us for s in history.series.values()])
+    all_s = np.concatenate([s.step for s in history.series.values()])
+    order = np.argsort(all_t, kind="stable")
+    all_t, all_s = all_t[order], all_s[order]
+
+    def place(times_us: Sequence[Any]) -> list[float]:
+        t = np.array([int(v) for v in times_us if isinstance(v, int)], dtype=np.int64)
+        if axis.kind == "time":
+            x = (t - axis.origin_us) / 1e6
+        else:
+            x = np.interp(t, all_t, all_s) if len(all_t) else np.zeros(0)
+        return [float(v) for v in x[axis.keep(x)]]
+
+    metric_of = {str(a.get("name")): (a.get("alert") or {}).get("metric") for a in history.view.alerts}
+    alerts = {}
+    for name in dict.fromkeys(str(c.get("name")) for c in history.alert_changes):
+        changes = [c for c in history.alert_changes if str(c.get("name")) == name]
+        fired = place([c.get("time_us") for c in changes if c.get("status") == "critical"])
+        cleared = place([c.get("time_us") for c in changes if c.get("status") != "critical"])
+        metric = metric_of.get(name)
+        alerts[name] = (metric if isinstance(metric, str) else None, fired, cleared)
+    return _Marks(events=place([e.get("time_us") for e in history.view.events]), alerts=alerts)
+
+
+def _draw_marks(ax: Axes, panel: str, marks: _Marks) -> None:
+    """Events on every panel; an alert on its metric's panel, or on all if it watches no metric."""
+    across = ax.get_xaxis_transform()
+    if marks.events:
+        label = f"events ({len(marks.events)})"
+        ax.vlines(marks.events, 0, 1, transform=across, colors="#7f7f7f", lw=0.8, linestyles="dotted", label=label)
+    for name, (metric, fired, cleared) in marks.alerts.items():
+        if metric is not None and base_name(metric) != panel:
+            continue
+        if fired:
+            ax.vlines(fired, 0, 1, transform=across, colors="#d62728", lw=1.2, label=f"alert {name} fired")
+        if cleared:
+            ax.vlines(
+                cleared,
+                0,
+                1,
+                transform=across,
+                colors="#2ca02c",
+                lw=1.0,
+                linestyles="dashed",
+                label=f"alert {name} cleared",
+            )
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write the figure as PNG, SVG or PDF, chosen by path's suffix."""
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigurationError(f"-o must end in one of {', '.join(FORMATS)}, got {path.name!r}")
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for pages that embed it)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
