@@ -58,7 +58,7 @@ def svg(ranks: list[Life], start_us: int, end_us: int) -> str:
         return LEFT + (t - start_us) / span * plot_w
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{WIDTH}" height="{height:.0f}" '
+        f'<svg class="timeline" width="{WIDTH}" height="{height:.0f}" '
         f'viewBox="0 0 {WIDTH} {height:.1f}" role="img" aria-label="ranks over time">'
     ]
     label_every = max(1, round(12 / row))
