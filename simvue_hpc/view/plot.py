@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RANK_LINES = 16  # per_rank metrics with more ranks are drawn as quantile bands
 MAX_PANELS = 50
+LOG_RATIO = 100.0  # a panel whose positive values span this ratio gets a log y axis
 FORMATS = (".png", ".svg", ".pdf")
 WIDTH_IN, PANEL_IN, DPI = 10.0, 2.8, 100
 BAND_COLOUR, LINE_COLOUR = "#1f77b4", "#1f77b4"
@@ -137,6 +138,8 @@ def render(
     marks = _marks(history, axis)
     for ax, panel in zip(axes, todo, strict=True):
         _draw(ax, panel, axis, buckets)
+        if _spans_decades(ax):
+            ax.set_yscale("log")
         _draw_marks(ax, panel.name, marks)
         ax.set_title(panel.name, loc="left", fontsize=10)
         ax.set_xlabel(axis.label, fontsize=8)
@@ -145,6 +148,12 @@ def render(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
     return fig
+
+
+def _spans_decades(ax: Axes) -> bool:
+    """Whether the data drawn so far is all positive and spans LOG_RATIO or more (a residual, an error)."""
+    low, high = ax.dataLim.y0, ax.dataLim.y1
+    return bool(np.isfinite([low, high]).all()) and low > 0 and high >= LOG_RATIO * low
 
 
 def _draw(ax: Axes, panel: Panel, axis: Axis, buckets: int) -> None:

@@ -47,13 +47,15 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} code,.mono{font-famil
 .critical{color:#d62728;font-weight:600}.ok{color:#2ca02c}.warning{color:#b8860b}.error{color:#d62728}
 figure{margin:12px 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#58606e;font-size:13px}
+table.kv th{width:28%;font-weight:600;border-bottom:none}
+details{margin-top:10px} summary{cursor:pointer;font-weight:600;font-size:15px;margin:6px 0}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 """
 
 
 def _kv(rows: Iterable[tuple[str, Any]]) -> str:
     cells = "".join(f"<tr><th>{escape(k)}</th><td>{_text(v)}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
+    return f'<table class="kv">{cells}</table>'
 
 
 def _text(v: Any) -> str:
@@ -140,9 +142,10 @@ def _details(history: RunHistory) -> str:
     ]
     html = _kv(rows).replace("<th>start</th><td>-</td>", f"<th>start</th><td>{_when(v.created_us)}</td>")
     html = html.replace("<th>end</th><td>-</td>", f"<th>end</th><td>{_when(v.ended_us)}</td>")
-    for title, mapping in (("Metadata", v.metadata), ("Job", v.job), ("System", v.system)):
+    for title, mapping, is_open in (("Metadata", v.metadata, " open"), ("Job", v.job, ""), ("System", v.system, "")):
         if mapping:
-            html += f"<h3>{title}</h3>" + _kv((str(k), val) for k, val in mapping.items())
+            table = _kv((str(k), val) for k, val in mapping.items())
+            html += f"<details{is_open}><summary>{title} ({len(mapping)})</summary>{table}</details>"
     return html
 
 

@@ -36,7 +36,7 @@ def _at(img: np.ndarray, ax: Axes, x: float, y: float) -> np.ndarray:
     px, py = ax.transData.transform((x, y))
     legend = ax.get_legend()
     assert legend is None or not legend.get_window_extent().contains(px, py), "the legend covers the probe"
-    return img[img.shape[0] - int(round(py)), int(round(px))]
+    return img[img.shape[0] - round(py), round(px)]
 
 
 def _labels(ax: Axes) -> list[str]:
@@ -77,9 +77,9 @@ def test_late_points_alerts_and_events_are_marked(root: Path) -> None:
     assert "late (1)" in _labels(loss)
     assert {"alert loss-spread fired", "alert loss-spread cleared", "events (2)"} <= set(_labels(loss))
     assert "events (2)" in _labels(temp) and not any(t.startswith("alert") for t in _labels(temp))
-    fired = [c for c in loss.collections if c.get_label() == "alert loss-spread fired"][0]
+    fired = next(c for c in loss.collections if c.get_label() == "alert loss-spread fired")
     assert fired.get_segments()[0][0][0] == pytest.approx(25)  # fired at step 25's time
-    mean = [line for line in loss.get_lines() if line.get_label() == "mean"][0]
+    mean = next(line for line in loss.get_lines() if line.get_label() == "mean")
     assert 0.5 not in mean.get_ydata()  # the late point is marked, not joined into the line
 
 
@@ -164,3 +164,20 @@ def test_without_matplotlib_the_message_names_the_extra(
     err = capsys.readouterr().err
     assert "matplotlib" in err and "pip install 'simvue_hpc[plot]'" in err
     assert "Traceback" not in err
+
+
+def test_a_positive_metric_spanning_decades_gets_a_log_axis(tmp_path: Path) -> None:
+    from simvue_hpc.store import RecordType, RunWriter
+
+    with RunWriter.create(tmp_path, "LOGrun0000000000000000") as w:
+        w.append(RecordType.RUN, {"id": "LOGrun0000000000000000", "name": "log", "created_us": 0})
+        steps = np.arange(50)
+        w.append_metrics(
+            ["residual", "flat"],
+            np.repeat([0, 1], 50),
+            np.tile(steps, 2),
+            np.tile(steps, 2),
+            np.concatenate([10.0 ** -(steps / 10), 1 + steps / 100]),
+        )
+    residual, flat = plot.render(load_history(tmp_path / "LOGrun0000000000000000")).axes
+    assert residual.get_yscale() == "log" and flat.get_yscale() == "linear"
