@@ -13,7 +13,7 @@ matplotlib is optional (``pip install 'simvue_hpc[plot]'``); the Agg renderer is
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,12 +135,12 @@ def render(
         fig.suptitle(title or f"{view.name or view.id}  [{view.status}]", fontsize=11)
     axes = fig.subplots(len(todo), 1, squeeze=False)[:, 0]
     buckets = int(WIDTH_IN * DPI)
-    marks = _marks(history, axis)
+    marks = _marks(history)
     for ax, panel in zip(axes, todo, strict=True):
         _draw(ax, panel, axis, buckets)
         if _spans_decades(ax):
             ax.set_yscale("log")
-        _draw_marks(ax, panel.name, marks)
+        _draw_marks(ax, panel, axis, marks)
         ax.set_title(panel.name, loc="left", fontsize=10)
         ax.set_xlabel(axis.label, fontsize=8)
         ax.grid(True, alpha=0.3)
@@ -200,58 +200,62 @@ def _draw_ranks(ax: Axes, panel: Panel, axis: Axis, buckets: int) -> None:
 
 @dataclass
 class _Marks:
-    events: list[float]
-    alerts: dict[str, tuple[str | None, list[float], list[float]]]  # name -> (metric, fired, cleared)
+    """Event and alert times (µs since the epoch), placed on each panel's own x axis when drawn."""
+
+    events: list[int]
+    alerts: dict[str, tuple[str | None, list[int], list[int]]]  # name -> (its metric, fired, cleared)
 
 
-def _marks(history: RunHistory, axis: Axis) -> _Marks:
-    """Event and alert times, on the x axis (through the steps' times when x is the step)."""
-    all_t = np.concatenate([s.time_us for s in history.series.values()])
-    all_s = np.concatenate([s.step for s in history.series.values()])
-    order = np.argsort(all_t, kind="stable")
-    all_t, all_s = all_t[order], all_s[order]
-
-    def place(times_us: Sequence[Any]) -> list[float]:
-        t = np.array([int(v) for v in times_us if isinstance(v, int)], dtype=np.int64)
-        if axis.kind == "time":
-            x = (t - axis.origin_us) / 1e6
-        else:
-            x = np.interp(t, all_t, all_s) if len(all_t) else np.zeros(0)
-        return [float(v) for v in x[axis.keep(x)]]
+def _marks(history: RunHistory) -> _Marks:
+    def times(records: Sequence[dict[str, Any]]) -> list[int]:
+        return [t for r in records if isinstance(t := r.get("time_us"), int)]
 
     metric_of = {str(a.get("name")): (a.get("alert") or {}).get("metric") for a in history.view.alerts}
     alerts = {}
     for name in dict.fromkeys(str(c.get("name")) for c in history.alert_changes):
         changes = [c for c in history.alert_changes if str(c.get("name")) == name]
-        fired = place([c.get("time_us") for c in changes if c.get("status") == "critical"])
-        cleared = place([c.get("time_us") for c in changes if c.get("status") != "critical"])
+        fired = times([c for c in changes if c.get("status") == "critical"])
+        cleared = times([c for c in changes if c.get("status") != "critical"])
         metric = metric_of.get(name)
         alerts[name] = (metric if isinstance(metric, str) else None, fired, cleared)
-    return _Marks(events=place([e.get("time_us") for e in history.view.events]), alerts=alerts)
+    return _Marks(events=times(history.view.events), alerts=alerts)
 
 
-def _draw_marks(ax: Axes, panel: str, marks: _Marks) -> None:
+def _placer(panel: Panel, axis: Axis) -> Callable[[list[int]], list[float]]:
+    """Times to x: seconds, or the step this panel's metric was at then (its own steps' times)."""
+    parts = list(panel.ranks.values()) or ([panel.main] if panel.main is not None else [])
+    all_t = np.concatenate([s.time_us for s in parts]) if parts else np.zeros(0, dtype=np.int64)
+    all_s = np.concatenate([s.step for s in parts]) if parts else np.zeros(0, dtype=np.int64)
+    order = np.argsort(all_t, kind="stable")
+
+    def place(times_us: list[int]) -> list[float]:
+        t = np.array(times_us, dtype=np.int64)
+        if axis.kind == "time":
+            x = (t - axis.origin_us) / 1e6
+        elif len(all_t):
+            x = np.interp(t, all_t[order], all_s[order])
+        else:
+            return []
+        return [float(v) for v in x[axis.keep(x)]]
+
+    return place
+
+
+def _draw_marks(ax: Axes, panel: Panel, axis: Axis, marks: _Marks) -> None:
     """Events on every panel; an alert on its metric's panel, or on all if it watches no metric."""
     across = ax.get_xaxis_transform()
-    if marks.events:
-        label = f"events ({len(marks.events)})"
-        ax.vlines(marks.events, 0, 1, transform=across, colors="#7f7f7f", lw=0.8, linestyles="dotted", label=label)
-    for name, (metric, fired, cleared) in marks.alerts.items():
-        if metric is not None and base_name(metric) != panel:
+    place = _placer(panel, axis)
+    if events := place(marks.events):
+        label = f"events ({len(events)})"
+        ax.vlines(events, 0, 1, transform=across, colors="#7f7f7f", lw=0.8, linestyles="dotted", label=label)
+    for name, (metric, fired_us, cleared_us) in marks.alerts.items():
+        if metric is not None and base_name(metric) != panel.name:
             continue
-        if fired:
+        if fired := place(fired_us):
             ax.vlines(fired, 0, 1, transform=across, colors="#d62728", lw=1.2, label=f"alert {name} fired")
-        if cleared:
-            ax.vlines(
-                cleared,
-                0,
-                1,
-                transform=across,
-                colors="#2ca02c",
-                lw=1.0,
-                linestyles="dashed",
-                label=f"alert {name} cleared",
-            )
+        if cleared := place(cleared_us):
+            label = f"alert {name} cleared"
+            ax.vlines(cleared, 0, 1, transform=across, colors="#2ca02c", lw=1.0, linestyles="dashed", label=label)
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -181,3 +181,20 @@ def test_a_positive_metric_spanning_decades_gets_a_log_axis(tmp_path: Path) -> N
         )
     residual, flat = plot.render(load_history(tmp_path / "LOGrun0000000000000000")).axes
     assert residual.get_yscale() == "log" and flat.get_yscale() == "linear"
+
+
+def test_an_event_is_placed_at_each_metrics_own_step(tmp_path: Path) -> None:
+    from simvue_hpc.store import RecordType, RunWriter
+
+    run = "MARKrun000000000000000"
+    with RunWriter.create(tmp_path, run) as w:
+        w.append(RecordType.RUN, {"id": run, "name": "marks", "created_us": 0})
+        fast, slow = np.arange(100), np.arange(10)
+        w.append_metrics(["fast"], np.zeros(100, dtype=np.int64), fast, fast * 100_000, np.ones(100))
+        w.append_metrics(["slow"], np.zeros(10, dtype=np.int64), slow, slow * 1_000_000, np.ones(10))
+        w.append(RecordType.EVENT, {"message": "at 5 s", "time_us": 5_000_000, "rank": 0, "host": "h"})
+    for kind, expect in (("step", (50, 5)), ("time", (5, 5))):
+        fast_ax, slow_ax = plot.render(load_history(tmp_path / run), plot.Axis(kind)).axes
+        for ax, x in zip((fast_ax, slow_ax), expect, strict=True):
+            (events,) = [c for c in ax.collections if c.get_label() == "events (1)"]
+            assert events.get_segments()[0][0][0] == pytest.approx(x)
