@@ -40,7 +40,8 @@ nav a{color:#9cc3ff;margin-right:14px;text-decoration:none}
 section{background:#fff;border:1px solid #e1e4ea;border-radius:6px;padding:4px 16px 14px;margin-top:16px}
 table{border-collapse:collapse;width:100%;font-size:13px} th,td{text-align:left;padding:3px 8px;vertical-align:top}
 tr:nth-child(even) td{background:#f3f5f8} th{border-bottom:1px solid #c8cdd6}
-td.num{text-align:right;font-variant-numeric:tabular-nums} code,.mono{font-family:ui-monospace,monospace;font-size:12px}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+code,.mono{font-family:ui-monospace,monospace;font-size:12px}
 .status{display:inline-block;padding:1px 10px;border-radius:10px;font-size:13px;margin-left:10px;background:#58606e}
 .s-completed{background:#2ca02c}.s-failed,.s-lost{background:#d62728}.s-running{background:#1f77b4}
 .s-terminated{background:#ff7f0e}
@@ -66,7 +67,9 @@ def _text(v: Any) -> str:
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()) -> str:
     """An HTML table; cells are already escaped HTML."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head = "".join(
+        f'<th class="num">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(headers)
+    )
     body = "".join(
         "<tr>"
         + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
