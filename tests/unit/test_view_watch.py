@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from simvue_hpc.store import RecordType, RunWriter
 from simvue_hpc.view.watch import Tail, render
@@ -137,3 +138,35 @@ def test_watch_follows_a_run_until_another_process_ends_it(tmp_path: Path) -> No
     assert "the run ended: completed" in shown()
     assert "2 closed" in shown()
     assert "\x1b[" in shown()  # drawn as a live terminal view, not printed once
+
+
+def test_without_rich_the_message_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simvue_hpc.cli import main
+
+    _start(tmp_path).close()
+    monkeypatch.setitem(sys.modules, "rich.live", None)
+    assert main(["--root", str(tmp_path), "watch", "live", "--timeout", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "rich" in err and "pip install 'simvue_hpc[watch]'" in err
+
+
+def test_watch_gives_up_after_its_timeout_on_a_run_that_never_ends(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from simvue_hpc.view.watch import watch
+
+    w = _start(tmp_path)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # an injected clock: no real waiting
+        slept.append(seconds)
+        now[0] += seconds
+        _log(w, len(slept), float(len(slept)))
+
+    console = Console(file=open(os.devnull, "w"), width=100)  # noqa: SIM115
+    assert watch(tmp_path / RUN, interval=1.0, timeout=5.0, console=console, clock=lambda: now[0], sleep=sleep) is False
+    assert slept == [1.0] * 5
+    w.close()
