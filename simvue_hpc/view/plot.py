@@ -132,7 +132,7 @@ def render(
     height = (0.6 if title != "" else 0.2) + PANEL_IN * len(todo)
     fig = figure_cls(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
     if title != "":  # None: the run's name and status; "": no title (the report has its own)
-        fig.suptitle(title or f"{view.name or view.id}  [{view.status}]", fontsize=11)
+        fig.suptitle(_literal(title or f"{view.name or view.id}  [{view.status}]"), fontsize=11)
     axes = fig.subplots(len(todo), 1, squeeze=False)[:, 0]
     buckets = int(WIDTH_IN * DPI)
     marks = _marks(history)
@@ -141,13 +141,18 @@ def render(
         if _spans_decades(ax):
             ax.set_yscale("log")
         _draw_marks(ax, panel, axis, marks)
-        ax.set_title(panel.name, loc="left", fontsize=10)
+        ax.set_title(_literal(panel.name), loc="left", fontsize=10)
         ax.set_xlabel(axis.label, fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=8)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
     return fig
+
+
+def _literal(text: str) -> str:
+    """Text that matplotlib shows as logged: a pair of ``$`` would otherwise typeset mathematics."""
+    return text.replace("$", r"\$")
 
 
 def _spans_decades(ax: Axes) -> bool:
@@ -252,9 +257,9 @@ def _draw_marks(ax: Axes, panel: Panel, axis: Axis, marks: _Marks) -> None:
         if metric is not None and base_name(metric) != panel.name:
             continue
         if fired := place(fired_us):
-            ax.vlines(fired, 0, 1, transform=across, colors="#d62728", lw=1.2, label=f"alert {name} fired")
+            ax.vlines(fired, 0, 1, transform=across, colors="#d62728", lw=1.2, label=_literal(f"alert {name} fired"))
         if cleared := place(cleared_us):
-            label = f"alert {name} cleared"
+            label = _literal(f"alert {name} cleared")
             ax.vlines(cleared, 0, 1, transform=across, colors="#2ca02c", lw=1.0, linestyles="dashed", label=label)
 
 

@@ -198,3 +198,14 @@ def test_an_event_is_placed_at_each_metrics_own_step(tmp_path: Path) -> None:
         for ax, x in zip((fast_ax, slow_ax), expect, strict=True):
             (events,) = [c for c in ax.collections if c.get_label() == "events (1)"]
             assert events.get_segments()[0][0][0] == pytest.approx(x)
+
+
+def test_names_are_shown_as_logged(tmp_path: Path) -> None:
+    from simvue_hpc.store import RecordType, RunWriter
+
+    with RunWriter.create(tmp_path, "NAMErun000000000000000") as w:
+        w.append(RecordType.RUN, {"id": "NAMErun000000000000000", "name": "cost $x$", "created_us": 0})
+        w.append_metrics(["cost $x$"], [0, 0], [0, 1], [0, 1], [1.0, 2.0])
+    fig = plot.render(load_history(tmp_path / "NAMErun000000000000000"))
+    _pixels(fig)
+    assert fig.axes[0].get_title(loc="left") == r"cost \$x\$"  # drawn as the characters logged, not as maths

@@ -121,3 +121,35 @@ def test_cli_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["--root", str(tmp_path / "store"), "report", RUN_ID[:6]]) == 0
     assert Path(capsys.readouterr().out.strip()) == Path("view-test.html")
     assert Path("view-test.html").is_file()
+
+
+def test_hostile_text_is_shown_never_run(tmp_path: Path) -> None:
+    """Names, messages and metadata with markup or maths in them stay text, in the page and the plots."""
+    from simvue_hpc.store import RecordType, RunWriter
+
+    run = "HOSTILErun000000000000"
+    with RunWriter.create(tmp_path, run) as w:
+        w.append(
+            RecordType.RUN,
+            {
+                "id": run,
+                "name": "<b>x</b>",
+                "created_us": 0,
+                "description": "</td></table>",
+                "metadata": {"<k>": "<script>alert(1)</script>"},
+                "tags": ["a&b"],
+            },
+        )
+        w.append_metrics(["a<b>(%)", "cost $x$"], [0, 1], [0, 0], [0, 0], [1.0, 2.0])
+        w.append(RecordType.EVENT, {"message": "<img src=x onerror=alert(1)>", "time_us": 1, "rank": 0, "host": "<h>"})
+        w.append(RecordType.ALERT, {"name": "$unbalanced", "source": "metrics", "alert": {"metric": "cost $x$"}})
+        w.append(RecordType.ALERT_STATE, {"name": "$unbalanced", "status": "critical", "time_us": 0, "message": "<i>"})
+        w.append(RecordType.FILE, {"name": '"><svg onload=alert(1)>', "sha256": "0" * 64, "size": 1, "rank": 0})
+    page = report.build(load_history(tmp_path / run))
+    doc = _parse(page)
+    assert "script" not in doc.tags and "b" not in doc.tags and "i" not in doc.tags
+    assert doc.tags.count("img") == 2 and doc.tags.count("svg") == 0  # the two plots; no rank joined: no time line
+    assert not any(k.startswith("on") for k, _ in doc.attrs)
+    text = " ".join(doc.text)
+    for shown in ("<b>x</b>", "</td></table>", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a<b>(%)"):
+        assert shown in text
