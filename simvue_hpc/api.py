@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import logging
 import mimetypes
 import multiprocessing.util
@@ -162,7 +161,7 @@ class Simvue:
             run, job_info(placement, self._settings), self._settings, self._reductions,
             expected_ranks=placement.size if placement.kind in ("mpi", "launcher") else None, host_rank=0,
         )  # fmt: skip
-        self._upload_timeout = float(spec.server["upload_timeout"]) if spec.server else 0.0
+        self._upload_timeout = spec.server.upload_timeout if spec.server else 0.0
         kind = self._settings.transport
         if self._settings.aggregator == "thread":
             self._host = ThreadHost(spec, kind)
@@ -431,12 +430,12 @@ def host_spec(
     }  # fmt: skip
     return AggregatorSpec(
         run_id=run_id, run_name=name, secret=secret, root=str(default_root()), run=record,
-        expected_ranks=expected_ranks, host_rank=host_rank, settings=settings.to_dict(),
+        expected_ranks=expected_ranks, host_rank=host_rank, settings=settings,
         reductions=dict(reductions or {}), server=server,
     )  # fmt: skip
 
 
-def _checked_server() -> dict[str, Any] | None:
+def _checked_server() -> ServerSettings | None:
     """The server settings for the aggregator, after one check of the server; None when offline.
 
     An unreachable server is not an error: the run is recorded locally and uploaded when the
@@ -452,7 +451,7 @@ def _checked_server() -> dict[str, Any] | None:
                     "(or later with `simvue-hpc sync`)", exc)  # fmt: skip
     finally:
         client.close()
-    return dataclasses.asdict(settings)
+    return settings
 
 
 def system_info() -> dict[str, Any]:

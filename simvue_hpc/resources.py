@@ -9,7 +9,6 @@ through the optional ``nvidia-ml-py``), so a 64-rank node queries its GPUs once,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
@@ -18,6 +17,7 @@ from typing import IO, Any
 
 import psutil
 
+from .durable import lock_file
 from .protocol import Resources
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,7 @@ class ResourceSampler:
             return
         path = os.path.join(tempfile.gettempdir(), f"simvue_hpc-{run_id}-gpu.lock")
         fh = open(path, "a")  # noqa: SIM115 - held for the life of the sampler
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not lock_file(fh, path):
             fh.close()  # another rank of this run on this node reports the GPUs
             return
         try:

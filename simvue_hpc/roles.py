@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .durable import atomic_write_json
 from .errors import RoleError
 
 ENDPOINT_VAR = "SIMVUE_HPC_ENDPOINT"
@@ -143,11 +144,7 @@ def publish(directory: Path, key: str, info: Mapping[str, str]) -> Path:
     """Rank 0 writes the endpoint and secret where the other ranks look (mode 0600, atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{key}.json"
-    tmp = directory / f".{key}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({**info, "created": time.time()}, fh)
-    os.replace(tmp, path)
+    atomic_write_json(path, {**info, "created": time.time()})
     return path
 
 

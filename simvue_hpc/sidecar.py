@@ -334,7 +334,7 @@ def run(
     spec = host_spec(fields, sidecar_job_info(command, settings, ranks), settings,
                      expected_ranks=ranks, host_rank=None)  # fmt: skip
     host = ThreadHost(spec, settings.transport)
-    upload_timeout = float(spec.server["upload_timeout"]) if spec.server else 0.0
+    upload_timeout = spec.server.upload_timeout if spec.server else 0.0
     env = child_environment(os.environ, host.endpoint, spec.secret, spec.run_id)
     print(f"simvue-hpc run: run {spec.run_name} ({spec.run_id}) at {host.endpoint}", file=sys.stderr, flush=True)
     sidecar = Sidecar(host, command, env, settings, upload_timeout)

@@ -20,7 +20,6 @@ number of ranks: the aggregator has already reduced the ranks' values into the s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from typing import IO, Any
 import numpy as np
 
 from .config import ServerSettings
+from .durable import PRIVATE_FILE_MODE, atomic_write_json, lock_file
 from .errors import ServerError, ServerUnavailable, StoreError, ValidationError
 from .server import RetryPolicy, SimvueClient, format_timestamp
 from .store import FILES_DIR, RECORDS_NAME, Record, RecordType, read_records
@@ -76,9 +76,7 @@ class UploadState:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
+        atomic_write_json(path, asdict(self))
 
 
 @dataclass
@@ -388,16 +386,11 @@ def _approx_size(item: dict[str, Any]) -> int:
 def upload_lock(run_dir: Path) -> Iterator[IO[str]]:
     """Only one uploader per run (live or sync): StoreError when another holds it."""
     path = Path(run_dir) / LOCK_NAME
-    fh = open(path, "a+")  # noqa: SIM115 - held for the duration of the context
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
+    fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE), "r+")
+    if not lock_file(fh, path):  # file systems without flock: proceed, uploads are still resumable
         holder = fh.read().strip() or "another process"
         fh.close()
-        raise StoreError(f"run {Path(run_dir).name} is being uploaded by {holder}") from None
-    except OSError as exc:  # file systems without flock: proceed, uploads are still resumable
-        log.debug("no lock on %s: %s", path, exc)
+        raise StoreError(f"run {Path(run_dir).name} is being uploaded by {holder}")
     try:
         fh.seek(0)
         fh.truncate()
@@ -405,9 +398,7 @@ def upload_lock(run_dir: Path) -> Iterator[IO[str]]:
         fh.flush()
         yield fh
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        fh.close()  # releases the lock
 
 
 # ---------------------------------------------------------------------------------------------- live upload

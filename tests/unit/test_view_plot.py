@@ -137,19 +137,10 @@ def test_cli_default_file_and_time_range(root: Path, capsys: pytest.CaptureFixtu
     ],
 )
 def test_cli_bad_requests_are_clear(
-    root: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    if argv == ["*"]:
-        from simvue_hpc.store import RunWriter
-
-        with RunWriter.open(root, RUN_ID) as w:
-            w.append_metrics(
-                [f"m{i}" for i in range(60)],
-                np.arange(60),
-                np.zeros(60, dtype=np.int64),
-                np.zeros(60, dtype=np.int64),
-                np.ones(60),
-            )
+    root = tmp_path / "store"
+    make_run(root, extra_metrics=60)
     assert main(["--root", str(root), "plot", "view-test", *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("simvue-hpc: ") and message in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ def step_time(step: int) -> int:
     return T0 + step * STEP_US
 
 
-def make_run(root: Path, *, wide_ranks: int = 40, end: bool = True) -> str:
+def make_run(root: Path, *, wide_ranks: int = 40, end: bool = True, extra_metrics: int = 0) -> str:
     """A finished 4-rank run with a reduced metric (loss: mean 0, band -1..1 in the middle half),
     a per_rank metric of 4 ranks (temp), one of wide_ranks ranks (load), a late point, events,
-    an alert that fired and cleared, a saved file and a lost rank."""
+    an alert that fired and cleared, a saved file and a lost rank; extra_metrics more (m0, m1...)."""
     steps = np.arange(STEPS, dtype=np.int64)
     times = T0 + steps * STEP_US
     with RunWriter.create(root, RUN_ID) as w:
@@ -62,6 +63,10 @@ def make_run(root: Path, *, wide_ranks: int = 40, end: bool = True) -> str:
         for r in range(wide_ranks):
             w.append_metrics(load, np.full(STEPS, r), steps, times, r + steps / 10.0)
         w.append_metrics(["resources/cpu_percent"], np.zeros(STEPS, dtype=np.int64), steps, times, 50 + steps % 7)
+        if extra_metrics:
+            n = extra_metrics
+            zeros = np.zeros(n, dtype=np.int64)
+            w.append_metrics([f"m{i}" for i in range(n)], np.arange(n), zeros, zeros + T0, np.ones(n))
         w.append_metrics(names, [0, 1, 2], [10, 10, 10], [step_time(90)] * 3, [0.5, 0.4, 0.6], late=True)
         w.append(
             RecordType.EVENT,
@@ -87,7 +92,11 @@ def make_run(root: Path, *, wide_ranks: int = 40, end: bool = True) -> str:
             RecordType.ALERT_STATE,
             {"name": "loss-spread", "status": "ok", "time_us": step_time(75), "message": "back to normal"},
         )
-        sha, size = w.store_file_from_path(Path(__file__))
+        content = Path(__file__).read_bytes()
+        sha, size = hashlib.sha256(content).hexdigest(), len(content)
+        with w.begin_file(sha) as sink:
+            sink.write(content)
+            sink.commit()
         w.append(
             RecordType.FILE,
             {
