@@ -47,6 +47,7 @@ class Panel:
     low: Series | None = None
     high: Series | None = None
     ranks: dict[int, Series] = field(default_factory=dict)
+    main_label: str = "mean"  # what the main line is: the mean, unless the reduction chose another first
 
     @property
     def kind(self) -> str:
@@ -67,7 +68,10 @@ def panels(series: dict[str, Series]) -> list[Panel]:
             out.append(Panel(base, ranks=dict(sorted(ranks.items()))))
             names = [n for n in names if not _is_rank_series(n)]
         if base in series:
-            out.append(Panel(base, series[base], series.get(f"{base}.min"), series.get(f"{base}.max")))
+            # min and max as companions and no mean among them: the main series is the mean
+            low, high = series.get(f"{base}.min"), series.get(f"{base}.max")
+            is_mean = low is not None and high is not None and f"{base}.mean" not in series
+            out.append(Panel(base, series[base], low, high, main_label="mean" if is_mean else "value"))
             names = [n for n in names if n not in (base, f"{base}.min", f"{base}.max")]
         out += [Panel(n, series[n]) for n in names]
     return out
@@ -178,7 +182,7 @@ def _draw(ax: Axes, panel: Panel, axis: Axis, buckets: int) -> None:
         bx, lo, hi = downsample.envelope(x_all[on_time], low.value[on_time], high.value[on_time], buckets)
         ax.fill_between(bx, lo, hi, color=BAND_COLOUR, alpha=0.25, linewidth=0, label="min–max across ranks")
     x, y = downsample.minmax(x_all[on_time], main.value[on_time], buckets)
-    label = "mean" if panel.kind == "band" else None
+    label = panel.main_label if panel.kind == "band" else None
     ax.plot(x, y, color=LINE_COLOUR, linewidth=1.2, label=label)
     late = axis.keep(x_all) & main.late
     if late.any():

@@ -193,7 +193,12 @@ def _panel_row(panel: Panel) -> list[str]:
     lows = [r["min"] for r in rows if r["min"] is not None]
     highs = [r["max"] for r in rows if r["max"] is not None]
     main = metric_row(panel.name, panel.main) if panel.main is not None else None
-    kind = {"band": "mean, min–max band", "ranks": f"per rank ({len(panel.ranks)})", "line": "as logged"}[panel.kind]
+    kinds = {
+        "band": f"{panel.main_label}, min–max band",
+        "ranks": f"per rank ({len(panel.ranks)})",
+        "line": "as logged",
+    }
+    kind = kinds[panel.kind]
     first = min((r["first_step"] for r in rows if r["first_step"] is not None), default=None)
     last = max((r["last_step"] for r in rows if r["last_step"] is not None), default=None)
     return [
