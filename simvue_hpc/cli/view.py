@@ -74,10 +74,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     "watch",
     RUN,
     arg("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes (default 1)"),
-    arg("--timeout", type=float, metavar="S", help="stop after S seconds even if the run goes on"),
+    arg("--timeout", type=float, metavar="S", help="stop after S seconds even if the run goes on (exit 3)"),
 )
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Follow a run live in the terminal until it ends: last values, ranks, events."""
+    """Follow a run live in the terminal until it ends: last values, ranks, events.
+
+    Exits 0 when the run ends, 3 when --timeout passes first."""
     from ..view.watch import watch
 
     ended = watch(find_run(args.root, args.run), interval=args.interval, timeout=args.timeout)

@@ -170,3 +170,13 @@ def test_watch_gives_up_after_its_timeout_on_a_run_that_never_ends(tmp_path: Pat
     assert watch(tmp_path / RUN, interval=1.0, timeout=5.0, console=console, clock=lambda: now[0], sleep=sleep) is False
     assert slept == [1.0] * 5
     w.close()
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    from simvue_hpc.cli import main
+
+    w = _start(tmp_path)
+    assert main(["--root", str(tmp_path), "watch", "live", "--timeout", "0"]) == 3  # gave up: still running
+    w.append(RecordType.END, {"status": "completed", "time_us": T0 + 1})
+    w.close()
+    assert main(["--root", str(tmp_path), "watch", "live", "--timeout", "0"]) == 0  # the run has ended
