@@ -88,9 +88,17 @@ def detect(env: Mapping[str, str] | None = None) -> Placement:
         owner = env.get(OWNER_VAR, "parent")
         rank = launched[0] if launched and owner == "sidecar" else -1
         size = launched[1] if launched and owner == "sidecar" else 0
-        return Placement("attach", rank, size, "sidecar" if owner == "sidecar" else "pool",
-                         endpoint=env[ENDPOINT_VAR], secret=env[SECRET_VAR], run_id=env.get(RUN_VAR, ""),
-                         owner=owner)  # fmt: skip
+        launcher = "sidecar" if owner == "sidecar" else "pool"
+        return Placement(
+            "attach",
+            rank,
+            size,
+            launcher,
+            endpoint=env[ENDPOINT_VAR],
+            secret=env[SECRET_VAR],
+            run_id=env.get(RUN_VAR, ""),
+            owner=owner,
+        )
     comm = _mpi_world(env, launched)
     if comm is not None:
         rank, size = comm.Get_rank(), comm.Get_size()
