@@ -87,13 +87,19 @@ def load_history(run_dir: Path | str, want: MetricFilter | None = None) -> RunHi
 
 
 class HistoryFolder:
-    """Folds records into a RunHistory; fed in pieces by the live view as the log grows."""
+    """Folds records into a RunHistory; fed in pieces by the live view as the log grows.
+
+    The points of the wanted metrics are kept as whole columns with a run-wide metric id, and
+    split into series once, in :meth:`finish` (one stable sort), whatever the number of metrics.
+    """
 
     def __init__(self, view: RunView, want: MetricFilter) -> None:
         self.history = RunHistory(view)
         self._want = want
-        self._chunks: dict[str, list[tuple[Any, ...]]] = {}
-        self._decided: dict[str, bool] = {}
+        self._ids: dict[str, int] = {}  # wanted metric name -> run-wide id
+        self._names: list[str] = []
+        self._lists: dict[tuple[str, ...], tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
+        self._columns: list[tuple[npt.NDArray[Any], ...]] = []
 
     def feed(self, records: Iterable[Record]) -> int:
         """Fold records in; returns the offset after the last one (0 if none came)."""
@@ -146,34 +152,58 @@ class HistoryFolder:
                 v.folder_details.append(p)
 
     def _metrics(self, p: dict[str, Any]) -> None:
-        names: list[str] = p["names"]
-        keep = [i for i, n in enumerate(names) if self._decide(n)]
-        if not keep:
-            return
+        ids, wanted = self._lookup(p["names"])
         name_id = p["name_id"]
-        late = bool(p["late"])
-        for i in keep:
-            sel = name_id == i
-            if sel.any():
-                self._chunks.setdefault(names[i], []).append((p["step"][sel], p["time_us"][sel], p["value"][sel], late))
+        keep = wanted[name_id]
+        if not keep.any():
+            return
+        late = np.full(int(keep.sum()), bool(p["late"]))
+        self._columns.append((ids[name_id[keep]], p["step"][keep], p["time_us"][keep], p["value"][keep], late))
 
-    def _decide(self, name: str) -> bool:
-        wanted = self._decided.get(name)
-        if wanted is None:
-            wanted = self._decided[name] = bool(self._want(name))
-        return wanted
+    def _lookup(self, names: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """A record's names as run-wide ids (-1: not wanted) and a wanted mask; the aggregator
+        repeats the same names list record after record, so each list is worked out once."""
+        key = tuple(names)
+        found = self._lists.get(key)
+        if found is None:
+            ids = np.array([self._id(n) for n in names], dtype=np.int64)
+            found = self._lists[key] = (ids, ids >= 0)
+        return found
+
+    def _id(self, name: str) -> int:
+        gid = self._ids.get(name)
+        if gid is None:
+            gid = -1
+            if self._want(name):
+                gid = self._ids[name] = len(self._names)
+                self._names.append(name)
+        return gid
 
     def finish(self) -> RunHistory:
         """The history so far, with the series of the points fed until now."""
+        if not self._columns:
+            return self.history
+        gid, step, time_us, value, late = (np.concatenate(c) for c in zip(*self._columns, strict=True))
+        self._columns.clear()
+        order = np.argsort(gid, kind="stable")  # grouped by metric, record order kept inside each
+        bounds = np.cumsum(np.bincount(gid, minlength=len(self._names)))
         series = self.history.series
-        for name, chunks in self._chunks.items():
-            parts = [series[name]] if name in series else []
-            steps = [s.step for s in parts] + [c[0] for c in chunks]
-            times = [s.time_us for s in parts] + [c[1] for c in chunks]
-            values = [s.value for s in parts] + [c[2] for c in chunks]
-            lates = [s.late for s in parts] + [np.full(len(c[0]), c[3], dtype=bool) for c in chunks]
-            series[name] = Series(
-                np.concatenate(steps), np.concatenate(times), np.concatenate(values), np.concatenate(lates)
-            )
-        self._chunks.clear()
+        lo = 0
+        for i, name in enumerate(self._names):
+            hi = int(bounds[i])
+            if hi > lo:
+                at = order[lo:hi]
+                new = Series(step[at], time_us[at], value[at], late[at])
+                old = series.get(name)
+                series[name] = new if old is None else _joined(old, new)
+            lo = hi
         return self.history
+
+
+def _joined(a: Series, b: Series) -> Series:
+    return Series(
+        np.concatenate([a.step, b.step]),
+        np.concatenate([a.time_us, b.time_us]),
+        np.concatenate([a.value, b.value]),
+        np.concatenate([a.late, b.late]),
+    )

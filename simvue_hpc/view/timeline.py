@@ -62,18 +62,20 @@ def svg(ranks: list[Life], start_us: int, end_us: int) -> str:
         f'viewBox="0 0 {WIDTH} {height:.1f}" role="img" aria-label="ranks over time">'
     ]
     label_every = max(1, round(12 / row))
-    for i, life in enumerate(ranks):
+    # ranks that ended badly are drawn last and at least 2 px high, so that among thousands of
+    # sub-pixel rows the one that died still shows
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i].state in ("lost", "missing"))
+    for i in order:
+        life = ranks[i]
         y = TOP + i * row
         colour = COLOURS.get(life.state, COLOURS["joined"])
         x0, x1 = x(life.joined_us, start_us), x(life.left_us, end_us)
         tip = f"rank {life.rank} on {life.host}: {life.state}"
+        h = max(row * 0.8, 2.0 if life.state in ("lost", "missing") else 0.2)
         if life.state == "missing":
-            parts.append(f'<rect x="{LEFT}" y="{y:.2f}" width="3" height="{max(row * 0.8, 0.2):.2f}" fill="{colour}">')
-        else:
-            w = max(x1 - x0, 1.0)
-            parts.append(
-                f'<rect x="{x0:.1f}" y="{y:.2f}" width="{w:.1f}" height="{max(row * 0.8, 0.2):.2f}" fill="{colour}">'
-            )
+            x0, x1 = LEFT, LEFT + 3
+        w = max(x1 - x0, 1.0)
+        parts.append(f'<rect x="{x0:.1f}" y="{y:.2f}" width="{w:.1f}" height="{h:.2f}" fill="{colour}">')
         parts.append(f"<title>{escape(tip)}</title></rect>")
         if life.state == "lost" and row >= 4:
             c, r = y + row * 0.4, min(row * 0.4, 6)
@@ -81,10 +83,11 @@ def svg(ranks: list[Life], start_us: int, end_us: int) -> str:
                 f'<path d="M{x1 - r:.1f},{c - r:.1f}L{x1 + r:.1f},{c + r:.1f}M{x1 - r:.1f},{c + r:.1f}'
                 f'L{x1 + r:.1f},{c - r:.1f}" stroke="#000" stroke-width="1.5"/>'
             )
-        if i % label_every == 0:
-            parts.append(
-                f'<text x="{LEFT - 6}" y="{y + row * 0.4 + 4:.1f}" text-anchor="end" font-size="11">{life.rank}</text>'
-            )
+    for i in range(0, len(ranks), label_every):
+        y = TOP + i * row
+        parts.append(
+            f'<text x="{LEFT - 6}" y="{y + row * 0.4 + 4:.1f}" text-anchor="end" font-size="11">{ranks[i].rank}</text>'
+        )
     base = TOP + row * n + 4
     parts.append(f'<line x1="{LEFT}" y1="{base:.1f}" x2="{WIDTH - RIGHT}" y2="{base:.1f}" stroke="#444"/>')
     for k in range(6):
