@@ -21,6 +21,7 @@ import numpy as np
 from _common import TempRoot, emit_json, header, isolated_env, python, table
 
 RUN = "BENCHview0000000000000"
+RANKS_RUN = "BENCHranks000000000000"
 
 
 def write_run(root: Path, metrics: int, steps: int = 10, per_record: int = 10_000) -> int:
@@ -39,6 +40,23 @@ def write_run(root: Path, metrics: int, steps: int = 10, per_record: int = 10_00
                 points += n
         w.append(RecordType.END, {"status": "completed", "time_us": 1_700_000_000_000_000 + steps * 1_000_000})
     return points
+
+
+def write_ranks_run(root: Path, ranks: int, steps: int) -> int:
+    """A per_rank metric of every rank at every step (``x/rank_<k>``), one record per step."""
+    from simvue_hpc.store import RecordType, RunWriter
+
+    names = [f"x/rank_{r}" for r in range(ranks)]
+    with RunWriter.create(root, RANKS_RUN) as w:
+        w.append(RecordType.RUN, {"id": RANKS_RUN, "name": "many-ranks", "created_us": 0})
+        for step in range(steps):
+            values = np.random.default_rng(step).normal(size=ranks) + step / 100
+            w.append_metrics(names, np.arange(ranks), np.full(ranks, step), np.full(ranks, step * 1000), values)
+        for r in range(ranks):
+            w.append(RecordType.RANK, {"rank": r, "host": "h", "pid": r, "state": "joined", "time_us": 0})
+            w.append(RecordType.RANK, {"rank": r, "host": "h", "pid": r, "state": "closed", "time_us": steps * 1000})
+        w.append(RecordType.END, {"status": "completed", "time_us": steps * 1000})
+    return ranks * steps
 
 
 def measure(argv: list[str], env: dict[str, str], out: Path) -> tuple[float, float, int]:
@@ -79,6 +97,11 @@ def main() -> int:
             "show --json": ["show", RUN, "--json"],
             "plot (1 metric)": ["plot", RUN, "field/cell_000001", "-o", str(tmp / "one.png")],
         }
+        ranks, steps = (256, 100) if args.quick else (4096, 1000)
+        points = write_ranks_run(store, ranks, steps)
+        print(f"run: a per_rank metric of {ranks:,} ranks x {steps:,} steps ({points:,} points)")
+        commands[f"plot per_rank x {ranks} ranks"] = ["plot", RANKS_RUN, "x", "-o", str(tmp / "ranks.png")]
+        commands[f"report of the {ranks}-rank run"] = ["report", RANKS_RUN, "-o", str(tmp / "ranks.html")]
         rows, result = [], {}
         for label, argv in commands.items():
             cmd = [python(), "-c", "pass"] if argv is None else [python(), "-m", "simvue_hpc.cli", *argv]
