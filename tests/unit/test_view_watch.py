@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import pty
 import re
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 from simvue_hpc.store import RecordType, RunWriter
 from simvue_hpc.view.watch import Tail, render
 from tests.helpers import wait_until
+from tests.integration.terminal import Terminal
 
 T0 = 1_700_000_000_000_000
 RUN = "WATCHrun00000000000000"
@@ -79,8 +77,6 @@ def test_the_screen_says_what_is_going_on(tmp_path: Path) -> None:
 
 def test_watch_follows_a_run_until_another_process_ends_it(tmp_path: Path) -> None:
     w = _start(tmp_path)
-    master, slave = pty.openpty()
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS="120", LINES="40")
     cmd = [
         sys.executable,
         "-m",
@@ -94,50 +90,25 @@ def test_watch_follows_a_run_until_another_process_ends_it(tmp_path: Path) -> No
         "--timeout",
         "120",
     ]
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    screen: list[bytes] = []
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # the terminal closed with the process
-                return
-            if not chunk:
-                return
-            screen.append(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-
-    def shown() -> str:
-        return b"".join(screen).decode("utf-8", "replace")
-
-    try:
-        wait_until(lambda: "live" in shown() and "2 joined" in shown(), timeout=60)
+    with Terminal(cmd) as term:
+        wait_until(lambda: "live" in term.screen() and "2 joined" in term.screen(), timeout=60)
         _log(w, 1, 0.123)
-        wait_until(lambda: "0.123" in shown(), timeout=60)  # a new value appears while the run goes on
+        wait_until(lambda: "0.123" in term.screen(), timeout=60)  # a new value appears while the run goes on
         for step in range(2, 40):
             _log(w, step, float(np.float64(step) / 8))
         w.append(RecordType.EVENT, {"message": "checkpoint 7", "time_us": T0 + 50, "rank": 1, "host": "n1"})
         w.flush()
-        wait_until(lambda: "checkpoint 7" in shown() and "4.875" in shown(), timeout=60)
-        assert proc.poll() is None  # still watching: the run has not ended
+        wait_until(lambda: "checkpoint 7" in term.screen() and "4.875" in term.screen(), timeout=60)
+        assert term.proc.poll() is None  # still watching: the run has not ended
         w.append(RecordType.RANK, {"rank": 0, "host": "n1", "pid": 1, "state": "closed", "time_us": T0 + 60})
         w.append(RecordType.RANK, {"rank": 1, "host": "n1", "pid": 2, "state": "closed", "time_us": T0 + 60})
         w.append(RecordType.END, {"status": "completed", "time_us": T0 + 61})
         w.close()
-        assert proc.wait(timeout=60) == 0  # it stops by itself when the run ends
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        reader.join(timeout=10)
-        os.close(master)
-    assert "the run ended: completed" in shown()
-    assert "2 closed" in shown()
-    assert "\x1b[" in shown()  # drawn as a live terminal view, not printed once
+        assert term.proc.wait(timeout=60) == 0  # it stops by itself when the run ends
+        screen = term.screen()
+    assert "the run ended: completed" in screen
+    assert "2 closed" in screen
+    assert "\x1b[" in screen  # drawn as a live terminal view, not printed once
 
 
 def test_without_rich_the_message_names_the_extra(
