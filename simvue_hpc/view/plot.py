@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RANK_LINES = 16  # per_rank metrics with more ranks are drawn as quantile bands
 MAX_PANELS = 50
+MAX_EVENT_MARKS = 1000
 LOG_RATIO = 100.0  # a panel whose positive values span this ratio gets a log y axis
 FORMATS = (".png", ".svg", ".pdf")
 WIDTH_IN, PANEL_IN, DPI = 10.0, 2.8, 100
@@ -256,6 +257,9 @@ def _draw_marks(ax: Axes, panel: Panel, axis: Axis, marks: _Marks) -> None:
     place = _placer(panel, axis)
     if events := place(marks.events):
         label = f"events ({len(events)})"
+        if len(events) > MAX_EVENT_MARKS:  # a line per event stops telling anything long before this
+            label = f"events (the first {MAX_EVENT_MARKS} of {len(events)})"
+            events = events[:MAX_EVENT_MARKS]
         ax.vlines(events, 0, 1, transform=across, colors="#7f7f7f", lw=0.8, linestyles="dotted", label=label)
     for name, (metric, fired_us, cleared_us) in marks.alerts.items():
         if metric is not None and base_name(metric) != panel.name:

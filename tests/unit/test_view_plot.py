@@ -200,3 +200,16 @@ def test_names_are_shown_as_logged(tmp_path: Path) -> None:
     fig = plot.render(load_history(tmp_path / "NAMErun000000000000000"))
     _pixels(fig)
     assert fig.axes[0].get_title(loc="left") == r"cost \$x\$"  # drawn as the characters logged, not as maths
+
+
+def test_a_flood_of_events_is_marked_in_part(tmp_path: Path) -> None:
+    from simvue_hpc.store import RecordType, RunWriter
+
+    with RunWriter.create(tmp_path, "EVENTrun00000000000000") as w:
+        w.append(RecordType.RUN, {"id": "EVENTrun00000000000000", "name": "events", "created_us": 0})
+        w.append_metrics(["x"], [0, 0], [0, 1], [0, 10_000], [1.0, 2.0])
+        for i in range(1500):
+            w.append(RecordType.EVENT, {"message": f"e{i}", "time_us": i, "rank": 0, "host": "h"})
+    (ax,) = plot.render(load_history(tmp_path / "EVENTrun00000000000000")).axes
+    (events,) = [c for c in ax.collections if str(c.get_label()).startswith("events")]
+    assert events.get_label() == "events (the first 1000 of 1500)" and len(events.get_segments()) == 1000
