@@ -40,7 +40,7 @@ nav a{color:#9cc3ff;margin-right:14px;text-decoration:none}
 section{background:#fff;border:1px solid #e1e4ea;border-radius:6px;padding:4px 16px 14px;margin-top:16px}
 table{border-collapse:collapse;width:100%;font-size:13px} th,td{text-align:left;padding:3px 8px;vertical-align:top}
 tr:nth-child(even) td{background:#f3f5f8} th{border-bottom:1px solid #c8cdd6}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td{overflow-wrap:anywhere}
 code,.mono{font-family:ui-monospace,monospace;font-size:12px}
 .status{display:inline-block;padding:1px 10px;border-radius:10px;font-size:13px;margin-left:10px;background:#58606e}
 .s-completed{background:#2ca02c}.s-failed,.s-lost{background:#d62728}.s-running{background:#1f77b4}
