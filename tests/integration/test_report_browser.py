@@ -59,3 +59,21 @@ def test_the_report_loads_cleanly_and_shows_the_run(browser: None, tmp_path: Pat
     for top in range(0, seen.height - 800, 400):
         assert grey[top : top + 800].std() > 5, f"blank from y={top}"
     (tmp_path / "report.png").write_bytes(seen.screenshot)
+
+
+def test_the_report_of_a_real_run_loads_cleanly(browser: None, store: Path, tmp_path: Path) -> None:
+    from simvue_hpc import Simvue
+
+    with Simvue() as run:
+        run.init(name="real", metadata={"n": 3}, tags=["browser"])
+        for step in range(50):
+            run.log({"residual": 1.0 / (step + 1), "energy": step * 0.5})
+        run.event("converged")
+        run.save(__file__, "code")
+    page = tmp_path / "real.html"
+    assert main(["report", "real", "-o", str(page)]) == 0
+    seen = chromium.load(page, tmp_path / "profile")
+    assert seen.errors == [] and seen.requests == []
+    assert _grey(seen.screenshot).std() > 20
+    html = page.read_text()
+    assert 'alt="residual"' in html and 'alt="energy"' in html and "converged" in html
