@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..store import find_run, list_runs, load_run
 from ..view.summary import MAX_METRIC_ROWS, list_lines, run_data, run_entry, show_lines, to_json
 from .app import arg, command
 
-JSON = arg("--json", action="store_true", help="print JSON for scripts instead of text")
+JSON = arg("--json", action="store_true", help="print JSON for scripts instead of text (indented on a terminal)")
+
+
+def _indent() -> int | None:
+    """Indented JSON for a person at a terminal; one compact line (and the fast encoder) for scripts."""
+    return 2 if sys.stdout.isatty() else None
 
 
 @command("list", JSON)
@@ -16,7 +22,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """List the runs in the store."""
     entries = [run_entry(v) for v in list_runs(args.root)]
     if args.json:
-        print(to_json(entries))
+        print(to_json(entries, _indent()))
     elif not entries:
         print(f"no runs in {args.root}")
     else:
@@ -34,7 +40,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show one run: a summary, then metadata, metrics, events, files, alerts and ranks."""
     view = load_run(find_run(args.root, args.run))
     if args.json:
-        print(to_json(run_data(view, args.metrics)))
+        print(to_json(run_data(view, args.metrics), _indent()))
     else:
         limit = None if args.metrics else MAX_METRIC_ROWS
         print("\n".join(show_lines(run_data(view, args.metrics, limit))))

@@ -150,9 +150,20 @@ def run_data(v: RunView, pattern: str | None = None, limit: int | None = None) -
     return data
 
 
-def to_json(data: Any) -> str:
-    """JSON text of data; numpy scalars and bytes become plain values, NaN becomes null."""
-    return json.dumps(_plain(data), indent=2, allow_nan=False)
+def to_json(data: Any, indent: int | None = None) -> str:
+    """JSON text of data; numpy scalars and bytes become plain values, NaN and infinities null."""
+    try:  # the fast path: the C encoder, when nothing needs converting
+        return json.dumps(data, indent=indent, allow_nan=False, default=_scalar)
+    except ValueError:  # a NaN somewhere (metadata, an event): convert everything, then encode
+        return json.dumps(_plain(data), indent=indent, allow_nan=False)
+
+
+def _scalar(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, bytes):
+        return x.hex()
+    return str(x)
 
 
 def _plain(x: Any) -> Any:

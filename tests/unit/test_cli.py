@@ -342,3 +342,13 @@ def test_export_without_pyarrow_or_with_a_bad_suffix_is_clear(
     err = capsys.readouterr().err
     assert "pyarrow" in err and "pip install 'simvue_hpc[parquet]'" in err
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_show_json_of_nan_in_metadata_and_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with RunWriter.create(tmp_path, "NANrun0000000000000000") as w:
+        w.append(RecordType.RUN, {"id": "NANrun0000000000000000", "name": "nan", "metadata": {"x": float("nan")}})
+        w.append(RecordType.EVENT, {"message": "m", "time_us": T0, "rank": 0, "host": "h", "level": "info"})
+    assert main(["--root", str(tmp_path), "show", "nan", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1  # not a terminal: one compact line
+    assert json.loads(out)["metadata"] == {"x": None}
