@@ -107,12 +107,15 @@ class Hello(Message):
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Message):
-    """The aggregator accepts a rank; ``rank`` is the one it will be known by."""
+    """The aggregator accepts a rank; ``rank`` is the one it will be known by. ``flush_interval``
+    (seconds, 0 = the rank's own default) is the shortest interval at which the rank may send METRICS:
+    the aggregator's share of its message-rate budget."""
 
     TYPE = MsgType.WELCOME
     rank: int
     run_id: str
     run_name: str
+    flush_interval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
