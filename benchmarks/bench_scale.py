@@ -56,8 +56,17 @@ def value(rank: np.ndarray, metric: int, step: int) -> np.ndarray:
 def build_driver(build_dir: Path) -> Path:
     """Configure and build the C client and the driver (incremental when ``build_dir`` exists)."""
     exe = build_dir / "bin" / "svh_scale_driver"
-    configure = ["cmake", "-S", str(C.REPO), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                 "-DSIMVUE_HPC_FORTRAN=OFF", "-DSIMVUE_HPC_MPI_EXAMPLE=OFF", "-DSIMVUE_HPC_BUILD_TESTS=OFF"]  # fmt: skip
+    configure = [
+        "cmake",
+        "-S",
+        str(C.REPO),
+        "-B",
+        str(build_dir),
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DSIMVUE_HPC_FORTRAN=OFF",
+        "-DSIMVUE_HPC_MPI_EXAMPLE=OFF",
+        "-DSIMVUE_HPC_BUILD_TESTS=OFF",
+    ]
     for cmd in (configure, ["cmake", "--build", str(build_dir), "--target", "svh_scale_driver", "-j2"]):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -98,8 +107,9 @@ class Sampler(threading.Thread):
 
 
 # ---------------------------------------------------------------------------------------------- part 1
-def run_c_job(exe: Path, procs: int, seconds: float, hz: float, metrics: int, nodes: int, tmp: Path,
-              settings: list[str]) -> dict[str, Any]:  # fmt: skip
+def run_c_job(
+    exe: Path, procs: int, seconds: float, hz: float, metrics: int, nodes: int, tmp: Path, settings: list[str]
+) -> dict[str, Any]:
     """One job under the sidecar; returns its figures and the run directory."""
     out_csv = tmp / "driver.csv"
     extra = {"SIMVUE_HPC_TRANSPORT": "ipc"}
@@ -107,10 +117,30 @@ def run_c_job(exe: Path, procs: int, seconds: float, hz: float, metrics: int, no
         key, _, val = item.partition("=")
         extra[f"SIMVUE_HPC_{key.upper()}"] = val
     env = C.isolated_env(tmp, extra)
-    cmd = [sys.executable, "-c", "import sys; from simvue_hpc.cli import main; sys.exit(main())", "run",
-           "--ranks", str(procs), "--name", f"scale-{procs}", "--", str(exe), "--procs", str(procs),
-           "--seconds", str(seconds), "--hz", str(hz), "--metrics", str(metrics), "--nodes", str(nodes),
-           "--out", str(out_csv)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from simvue_hpc.cli import main; sys.exit(main())",
+        "run",
+        "--ranks",
+        str(procs),
+        "--name",
+        f"scale-{procs}",
+        "--",
+        str(exe),
+        "--procs",
+        str(procs),
+        "--seconds",
+        str(seconds),
+        "--hz",
+        str(hz),
+        "--metrics",
+        str(metrics),
+        "--nodes",
+        str(nodes),
+        "--out",
+        str(out_csv),
+    ]
     load_before = os.getloadavg()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=env["HOME"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -122,8 +152,16 @@ def run_c_job(exe: Path, procs: int, seconds: float, hz: float, metrics: int, no
     sampler.join()
     text = output.decode(errors="replace")
     rows = list(csv.DictReader(out_csv.open())) if out_csv.exists() else []
-    return {"rc": proc.returncode, "wall": wall, "cpu": sampler.cpu, "hwm": sampler.hwm, "threads": sampler.threads,
-            "rows": rows, "output": text, "load": load_before}  # fmt: skip
+    return {
+        "rc": proc.returncode,
+        "wall": wall,
+        "cpu": sampler.cpu,
+        "hwm": sampler.hwm,
+        "threads": sampler.threads,
+        "rows": rows,
+        "output": text,
+        "load": load_before,
+    }
 
 
 def check_store(store: Path, procs: int, steps: int, metrics: int) -> dict[str, Any]:
@@ -160,9 +198,14 @@ def check_store(store: Path, procs: int, steps: int, metrics: int) -> dict[str, 
         for s in range(steps):
             v = value(ranks, m, s)
             mean = math.fsum(v.tolist()) / procs
-            want = {"sum": math.fsum(v.tolist()), "min": float(v.min()), "max": float(v.max()),
-                    "count": float(procs), "mean": mean,
-                    "std": math.sqrt(math.fsum(((v - mean) ** 2).tolist()) / procs)}  # fmt: skip
+            want = {
+                "sum": math.fsum(v.tolist()),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "count": float(procs),
+                "mean": mean,
+                "std": math.sqrt(math.fsum(((v - mean) ** 2).tolist()) / procs),
+            }
             for op in OPS:
                 name = f"m{m:02d}" if op == "mean" else f"m{m:02d}.{op}"
                 got = stored.get(name, {}).get(s)
@@ -181,11 +224,21 @@ def check_store(store: Path, procs: int, steps: int, metrics: int) -> dict[str, 
                     if len(first_bad) < 5:
                         first_bad.append(f"{name}@{s}: {got!r} != {want[op]!r}")
     end = run.end or {}
-    return {"records": exact + mismatched, "expected": metrics * steps * len(OPS), "exact": exact,
-            "mismatched": mismatched, "missing": missing, "duplicates": duplicates, "late_records": late_records,
-            "late_points": late_points, "worst_rel": worst, "first_bad": first_bad, "status": run.status,
-            "live_ranks_points": len(run.metrics.get("simvue_hpc/live_ranks", ())),
-            "counters": end.get("counters", {})}  # fmt: skip
+    return {
+        "records": exact + mismatched,
+        "expected": metrics * steps * len(OPS),
+        "exact": exact,
+        "mismatched": mismatched,
+        "missing": missing,
+        "duplicates": duplicates,
+        "late_records": late_records,
+        "late_points": late_points,
+        "worst_rel": worst,
+        "first_bad": first_bad,
+        "status": run.status,
+        "live_ranks_points": len(run.metrics.get("simvue_hpc/live_ranks", ())),
+        "counters": end.get("counters", {}),
+    }
 
 
 def part1(args: argparse.Namespace) -> int:
@@ -204,21 +257,34 @@ def part1(args: argparse.Namespace) -> int:
             logged = [int(x["steps"]) for x in rows]
             active = max(r["wall"], 1e-9)
             res = {
-                "procs": procs, "nodes": nodes, "seconds": args.seconds, "hz": args.hz, "metrics": args.metrics,
-                "acknowledged": acked, "connect_p50": connect[len(connect) // 2] if connect else None,
-                "connect_max": max(connect, default=None), "close_max": max(close, default=None),
-                "steps_min": min(logged, default=0), "wall": round(r["wall"], 2),
-                "sidecar_cpu_s": round(r["cpu"], 2), "cpu_share": round(r["cpu"] / active, 3),
-                "peak_rss_mib": round(r["hwm"] / 2**20, 1), "sidecar_threads": r["threads"], "rc": r["rc"],
-                "load_before": [round(x, 2) for x in r["load"]], **check,
-            }  # fmt: skip
-            print(f"-- N={procs} nodes={nodes}: {acked}/{procs} acknowledged, connect p50 {res['connect_p50']:.3f} s "
-                  f"max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s, wall {res['wall']} s, "
-                  f"sidecar CPU {res['cpu_share'] * 100:.0f} % of a core ({res['sidecar_cpu_s']} s), peak RSS "
-                  f"{res['peak_rss_mib']} MiB; records {check.get('records')}/{check.get('expected')}, exact "
-                  f"{check.get('exact')}, late records {check.get('late_records')} ({check.get('late_points')} "
-                  f"points), missing {check.get('missing')}, worst rel mean/std {check.get('worst_rel')}; "
-                  f"load before {res['load_before']}")  # fmt: skip
+                "procs": procs,
+                "nodes": nodes,
+                "seconds": args.seconds,
+                "hz": args.hz,
+                "metrics": args.metrics,
+                "acknowledged": acked,
+                "connect_p50": connect[len(connect) // 2] if connect else None,
+                "connect_max": max(connect, default=None),
+                "close_max": max(close, default=None),
+                "steps_min": min(logged, default=0),
+                "wall": round(r["wall"], 2),
+                "sidecar_cpu_s": round(r["cpu"], 2),
+                "cpu_share": round(r["cpu"] / active, 3),
+                "peak_rss_mib": round(r["hwm"] / 2**20, 1),
+                "sidecar_threads": r["threads"],
+                "rc": r["rc"],
+                "load_before": [round(x, 2) for x in r["load"]],
+                **check,
+            }
+            print(
+                f"-- N={procs} nodes={nodes}: {acked}/{procs} acknowledged, connect p50 {res['connect_p50']:.3f} s "
+                f"max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s, wall {res['wall']} s, "
+                f"sidecar CPU {res['cpu_share'] * 100:.0f} % of a core ({res['sidecar_cpu_s']} s), peak RSS "
+                f"{res['peak_rss_mib']} MiB; records {check.get('records')}/{check.get('expected')}, exact "
+                f"{check.get('exact')}, late records {check.get('late_records')} ({check.get('late_points')} "
+                f"points), missing {check.get('missing')}, worst rel mean/std {check.get('worst_rel')}; "
+                f"load before {res['load_before']}"
+            )
             if check.get("first_bad"):
                 print("   first mismatches:", check["first_bad"])
             ok = acked == procs and check.get("mismatched") == 0 and check.get("missing") == 0
@@ -291,22 +357,50 @@ def part2(args: argparse.Namespace) -> int:
                 env = C.isolated_env(tmp, extra)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.monotonic()
-                subprocess.run([sys.executable, __file__, "--compare-worker", impl, "--procs", str(procs),
-                                "--seconds", str(args.seconds), "--hz", str(args.hz), "--metrics", str(args.metrics)],
-                               env=env, cwd=env["HOME"], check=True)  # fmt: skip
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--compare-worker",
+                        impl,
+                        "--procs",
+                        str(procs),
+                        "--seconds",
+                        str(args.seconds),
+                        "--hz",
+                        str(args.hz),
+                        "--metrics",
+                        str(args.metrics),
+                    ],
+                    env=env,
+                    cwd=env["HOME"],
+                    check=True,
+                )
                 wall = time.monotonic() - t0
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                 files = sum(len(f) for _, _, f in os.walk(tmp / "store"))
                 home_files = sum(len(f) for _, _, f in os.walk(tmp / "home"))
             points = procs * round(args.seconds * args.hz) * args.metrics
-            rows.append([procs, impl, points, f"{cpu:.1f}", f"{cpu / points * 1e6:.0f}", files, home_files,
-                         f"{wall:.1f}"])  # fmt: skip
-            C.emit_json({"part": "compare", "procs": procs, "impl": impl, "points": points, "cpu_s": cpu,
-                         "cpu_us_per_point": cpu / points * 1e6, "store_files": files, "home_files": home_files,
-                         "wall": wall})  # fmt: skip
-    C.table(rows, ["N", "client", "points", "CPU s (all procs)", "CPU µs/point", "store files", "other files",
-                   "wall s"])  # fmt: skip
+            rows.append(
+                [procs, impl, points, f"{cpu:.1f}", f"{cpu / points * 1e6:.0f}", files, home_files, f"{wall:.1f}"]
+            )
+            C.emit_json(
+                {
+                    "part": "compare",
+                    "procs": procs,
+                    "impl": impl,
+                    "points": points,
+                    "cpu_s": cpu,
+                    "cpu_us_per_point": cpu / points * 1e6,
+                    "store_files": files,
+                    "home_files": home_files,
+                    "wall": wall,
+                }
+            )
+    C.table(
+        rows, ["N", "client", "points", "CPU s (all procs)", "CPU µs/point", "store files", "other files", "wall s"]
+    )
     return 0
 
 
