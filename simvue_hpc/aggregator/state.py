@@ -56,6 +56,10 @@ from ..protocol import (
     Welcome,
 )
 from ..records import RecordType
+from ..relay.partials import Partials, accumulate, finalize
+from ..relay.partials import merge as merge_partials
+from ..relay.root import RelayedPartials
+from ..relay.wire import PartialBatch
 from .reduce import Reduction, group_reduce
 
 log = logging.getLogger(__name__)
@@ -194,6 +198,7 @@ class AggregatorState:
         self._out_ids: dict[str, int] = {}
         self._out_names: list[str] = []
         self._chunks: list[tuple[np.ndarray, ...]] = []
+        self._relayed = RelayedPartials()  # node relays' partial accumulators
         self._files: set[str] = set()
         self._file_records: set[tuple[str, str, str]] = set()
         self._transfers: dict[str, _Transfer] = {}
@@ -244,6 +249,8 @@ class AggregatorState:
             self._live_changed(out)
         if isinstance(msg, MetricBatch):
             self._ingest(peer, msg, now)
+        elif isinstance(msg, PartialBatch):
+            self._ingest_partials(peer, msg, now)
         elif isinstance(msg, Resources):
             self._resources[identity] = (now, msg)
         elif isinstance(msg, Event):
@@ -513,6 +520,17 @@ class AggregatorState:
             batch.time_ns.astype(np.int64), batch.value.astype(np.float64), np.full(n, now),
         ))  # fmt: skip
 
+    def _ingest_partials(self, peer: _Peer, batch: PartialBatch, now: float) -> None:
+        """A relay's accumulators: its ``through`` is its progress, its ranks count as contributors."""
+        lut = np.array([self._metric(name, now).gid for name in batch.names], dtype=np.int64)
+        for name in batch.contributors:
+            if name in self._metrics:
+                self._metrics[name].contributors.add(peer.rank)
+        n = self._relayed.add(peer.rank, lut, batch, now)
+        peer.received_points += n
+        peer.progress = max(peer.progress, batch.through + 1)
+        self.counters["points_received"] += n
+
     def _all_joined(self) -> bool:
         expected = self.config.expected_ranks
         return expected is None or len(self._ranks) >= expected
@@ -542,29 +560,35 @@ class AggregatorState:
         return low - 1 if low > INT64_MIN else INT64_MIN
 
     def _reduce(self, now: float, out: list[Action], final: bool) -> None:
-        if not self._chunks:
+        relayed = self._relayed.pending_gids()
+        if not self._chunks and not len(relayed):
             return
         if len(self._chunks) > 1:
             cols = [np.concatenate(c) for c in zip(*self._chunks, strict=True)]
-        else:
+        elif self._chunks:
             cols = list(self._chunks[0])
+        else:
+            cols = [np.empty(0, np.int64)] * 4 + [np.empty(0), np.empty(0)]
         gid, step, rank, t_ns, value, arrived = cols
         late = step <= self._final_step[gid]
         nmetrics = len(self._by_gid)
         wm = np.full(nmetrics, INT64_MAX if final else INT64_MIN, dtype=np.int64)
         if not final:
-            for g in np.unique(gid):
+            for g in np.union1d(np.unique(gid), relayed):
                 wm[g] = self._watermark(self._by_gid[int(g)], now)
             old = arrived <= now - self.config.step_timeout
             if old.any():
                 np.maximum.at(wm, gid[old], step[old])
+            self._relayed.force_old(wm, now, self.config.step_timeout)
         ready = (step <= wm[gid]) & ~late
-        if late.any():
-            self.counters["late_points"] += int(late.sum())
-            self._emit(gid[late], step[late], rank[late], t_ns[late], value[late], out, late=True)
-        if ready.any():
-            g_r, s_r = gid[ready], step[ready]
-            self._emit(g_r, s_r, rank[ready], t_ns[ready], value[ready], out, late=False)
+        ready_p, late_p = self._relayed.take(wm, self._final_step[:nmetrics])
+        if late.any() or len(late_p):
+            self.counters["late_points"] += int(late.sum()) + int(late_p.count.sum())
+            self._emit(gid[late], step[late], rank[late], t_ns[late], value[late], out, late=True, partials=late_p)
+        if ready.any() or len(ready_p):
+            g_r, s_r = np.concatenate([gid[ready], ready_p.metric]), np.concatenate([step[ready], ready_p.step])
+            self._emit(gid[ready], step[ready], rank[ready], t_ns[ready], value[ready], out, late=False,
+                       partials=ready_p)  # fmt: skip
             top = np.full(nmetrics, INT64_MIN, dtype=np.int64)
             np.maximum.at(top, g_r, s_r)
             final_now = np.where(wm == INT64_MAX, top, wm)
@@ -581,16 +605,31 @@ class AggregatorState:
 
     def _emit(
         self, gid: np.ndarray, step: np.ndarray, rank: np.ndarray, t_ns: np.ndarray, value: np.ndarray,
-        out: list[Action], late: bool,
+        out: list[Action], late: bool, partials: Partials | None = None,
     ) -> None:  # fmt: skip
-        """Turn final points into stored columns: raw for single-rank metrics, reduced otherwise."""
+        """Turn final points (and relays' partials) into stored columns: raw for single-rank metrics,
+        reduced otherwise."""
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         mode = np.empty(len(self._by_gid), dtype=np.int8)  # 0 raw, 1 per rank, 2 reduced
         for metric in self._by_gid:
-            metric_mode = 1 if metric.reduction.per_rank else (0 if len(metric.contributors) <= 1 else 2)
+            behind, relays = self._relayed.ranks_behind(metric.gid)
+            ranks = len(metric.contributors - relays) + behind
+            metric_mode = 1 if metric.reduction.per_rank else (0 if ranks <= 1 else 2)
             mode[metric.gid] = metric_mode
+        if partials is not None and len(partials):
+            # a relay's rows of a single-rank metric (or a per-rank one: relays forward no such rows)
+            # are stored as that rank's points would be: the value, count 1, is the mean
+            single = mode[partials.metric] != 2
+            if single.any():
+                raw = finalize(partials.rows(single))
+                gid = np.concatenate([gid, raw.metric])
+                step = np.concatenate([step, raw.step])
+                rank = np.concatenate([rank, np.full(len(raw.step), -1, dtype=np.int64)])
+                t_ns = np.concatenate([t_ns, raw.time_ns])
+                value = np.concatenate([value, raw.mean])
+                partials = partials.rows(~single)
         point_mode = mode[gid]
-        for g in np.unique(gid):
+        for g in np.unique(np.concatenate([gid, partials.metric]) if partials is not None else gid):
             self._by_gid[int(g)].emitted = True
         raw = point_mode == 0
         if raw.any():
@@ -605,8 +644,12 @@ class AggregatorState:
             )
             parts.append((ids[inverse.ravel()], step[per_rank], t_ns[per_rank], value[per_rank]))
         reduced = point_mode == 2
-        if reduced.any():
+        if partials is not None and len(partials):  # merge the flat points into the relays' accumulators
+            flat = accumulate(gid[reduced], step[reduced], t_ns[reduced], value[reduced])
+            groups: Any = finalize(merge_partials([flat, partials]))
+        elif reduced.any():
             groups = group_reduce(gid[reduced], step[reduced], t_ns[reduced], value[reduced])
+        if (partials is not None and len(partials)) or reduced.any():
             for g in np.unique(groups.metric):
                 metric = self._by_gid[int(g)]
                 sel = groups.metric == g

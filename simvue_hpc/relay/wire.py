@@ -1,0 +1,115 @@
+"""PARTIALS (type 19): a node relay's pre-reduced points, as mergeable accumulator columns.
+
+Registered into the protocol's message table on import (``protocol.MESSAGE_TYPES``), so that any
+process importing it decodes PARTIALS like every other message. Pure: no zmq. docs/protocol.md 5.19
+is the normative description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import protocol
+from ..errors import ProtocolError
+from ..protocol import Buffer, Message, MsgType
+from .partials import DIGITS, Partials
+
+# (column, dtype, values per row) in frame order
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("metric", "<u4", 1),
+    ("step", "<i8", 1),
+    ("time_ns", "<i8", 1),
+    ("count", "<i8", 1),
+    ("finite", "<i8", 1),
+    ("top", "<i8", 1),
+    ("digits", "<i8", DIGITS),
+    ("flags", "u1", 1),
+    ("min", "<f8", 1),
+    ("max", "<f8", 1),
+    ("mean", "<f8", 1),
+    ("m2", "<f8", 1),
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PartialBatch(Message):
+    """Accumulators of one relay's ranks per (metric, step); ``partials.metric`` indexes ``names``.
+
+    ``through``: every point of the relay's ranks for a step <= ``through`` (of any metric) is in this
+    message or an earlier one. ``contributors``: per metric name, how many of the relay's ranks log it."""
+
+    TYPE = MsgType.PARTIALS
+    names: list[str]
+    through: int
+    contributors: dict[str, int]
+    partials: Partials
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "count": len(self.partials),
+            "through": self.through,
+            "contributors": dict(self.contributors),
+        }
+
+    def payload_frames(self) -> list[Buffer]:
+        out: list[Buffer] = []
+        for name, dtype, _ in COLUMNS:
+            array = np.ascontiguousarray(getattr(self.partials, name), dtype=np.dtype(dtype)).reshape(-1)
+            out.append(memoryview(array.view(np.uint8)))  # type: ignore[arg-type]
+        return out
+
+    @classmethod
+    def from_frames(cls, body: dict[str, Any], extra: Sequence[Buffer]) -> PartialBatch:
+        names, count, through = body.get("names"), body.get("count"), body.get("through")
+        contributors = body.get("contributors", {})
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProtocolError("PARTIALS.names must be a list of strings")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ProtocolError("PARTIALS.count must be a non-negative integer")
+        if not isinstance(through, int) or isinstance(through, bool) or not -(2**63) <= through < 2**63:
+            raise ProtocolError("PARTIALS.through must be an int64")
+        if not isinstance(contributors, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+            for k, v in contributors.items()
+        ):
+            raise ProtocolError("PARTIALS.contributors must map names to non-negative integers")
+        if len(extra) != len(COLUMNS):
+            raise ProtocolError(f"PARTIALS carries {len(COLUMNS)} payload frames, got {len(extra)}")
+        cols: dict[str, np.ndarray] = {}
+        for frame, (name, dtype, per_row) in zip(extra, COLUMNS, strict=True):
+            dt = np.dtype(dtype)
+            nbytes = memoryview(frame).nbytes
+            if nbytes != count * per_row * dt.itemsize:
+                raise ProtocolError(f"PARTIALS.{name} has {nbytes} bytes, expected {count} x {per_row * dt.itemsize}")
+            col = np.frombuffer(frame, dtype=dt)
+            cols[name] = col.reshape(count, DIGITS) if per_row > 1 else col
+        if count and int(cols["metric"].max()) >= len(names):
+            raise ProtocolError("PARTIALS.metric refers past the end of names")
+        if count and (int(cols["count"].min()) < 1 or bool((cols["finite"] > cols["count"]).any())):
+            raise ProtocolError("PARTIALS.count must be >= 1 and >= finite")
+        cols["metric"] = cols["metric"].astype(np.int64)
+        cols["flags"] = cols["flags"].astype(np.uint8)
+        return cls(names, through, dict(contributors), Partials(**cols))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PartialBatch):
+            return NotImplemented
+        return (
+            list(self.names) == list(other.names)
+            and (self.through, self.contributors) == (other.through, other.contributors)
+            and all(
+                np.array_equal(getattr(self.partials, name), getattr(other.partials, name), equal_nan=dtype[1] == "f")
+                for name, dtype, _ in COLUMNS
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+protocol.MESSAGE_TYPES[MsgType.PARTIALS] = PartialBatch
+protocol._install_checks()  # field checks of the body keys, as for the protocol's own types
