@@ -21,7 +21,7 @@ class RelayedPartials:
     """Partials waiting for their step to be final, and the ranks counted behind each relay."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Partials, float]] = []
+        self._pending: list[tuple[Partials, np.ndarray]] = []  # (rows, each row's arrival time)
         self._ranks: dict[int, dict[int, int]] = {}  # gid -> relay rank -> its ranks logging the metric
 
     def add(self, relay_rank: int, lut: np.ndarray, msg: PartialBatch, now: float) -> int:
@@ -33,7 +33,7 @@ class RelayedPartials:
         rows = msg.partials
         if not len(rows):
             return 0
-        self._pending.append((dataclasses.replace(rows, metric=lut[rows.metric]), now))
+        self._pending.append((dataclasses.replace(rows, metric=lut[rows.metric]), np.full(len(rows), now)))
         return int(rows.count.sum())
 
     def ranks_behind(self, gid: int) -> tuple[int, set[int]]:
@@ -44,28 +44,33 @@ class RelayedPartials:
     def pending_gids(self) -> np.ndarray:
         if not self._pending:
             return np.empty(0, dtype=np.int64)
-        return np.unique(np.concatenate([p.metric for p, _ in self._pending]))
+        return np.unique(self._collect()[0].metric)
+
+    def _collect(self) -> tuple[Partials, np.ndarray]:
+        """Every pending row as one Partials (concatenated once per tick), with its arrival time."""
+        if len(self._pending) > 1:
+            rows = Partials(
+                *(np.concatenate([getattr(p, f.name) for p, _ in self._pending]) for f in dataclasses.fields(Partials))
+            )
+            self._pending = [(rows, np.concatenate([t for _, t in self._pending]))]
+        return self._pending[0]
 
     def force_old(self, wm: np.ndarray, now: float, step_timeout: float) -> None:
         """Rows waiting longer than ``step_timeout`` push their metric's watermark to their step."""
-        for rows, arrived in self._pending:
-            if arrived <= now - step_timeout and len(rows):
-                np.maximum.at(wm, rows.metric, rows.step)
+        if not self._pending:
+            return
+        rows, arrived = self._collect()
+        old = arrived <= now - step_timeout
+        if old.any():
+            np.maximum.at(wm, rows.metric[old], rows.step[old])
 
     def take(self, wm: np.ndarray, final_step: np.ndarray) -> tuple[Partials, Partials]:
         """``(ready, late)``: rows whose step is now final, and rows for steps already final; the rest wait."""
         if not self._pending:
             return Partials.empty(), Partials.empty()
-        ready_parts, late_parts, keep = [], [], []
-        for rows, arrived in self._pending:
-            late = rows.step <= final_step[rows.metric]
-            ready = (rows.step <= wm[rows.metric]) & ~late
-            if late.any():
-                late_parts.append(rows.rows(late))
-            if ready.any():
-                ready_parts.append(rows.rows(ready))
-            rest = ~(late | ready)
-            if rest.any():
-                keep.append((rows.rows(rest), arrived))
-        self._pending = keep
-        return merge(ready_parts), merge(late_parts)
+        rows, arrived = self._collect()
+        late = rows.step <= final_step[rows.metric]
+        ready = (rows.step <= wm[rows.metric]) & ~late
+        rest = ~(late | ready)
+        self._pending = [(rows.rows(rest), arrived[rest])] if rest.any() else []
+        return merge([rows.rows(ready)]), merge([rows.rows(late)])
