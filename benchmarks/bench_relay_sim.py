@@ -144,7 +144,7 @@ def feed(endpoint: str, args: argparse.Namespace, root_pid: int) -> dict[str, An
     import zmq
 
     from simvue_hpc.protocol import Goodbye, Hello, MsgType, decode, encode
-    from simvue_hpc.relay.wire import COLUMNS
+    from simvue_hpc.relay.wire import COLUMNS, ROW
 
     ctx = zmq.Context()
     socks = []
@@ -208,12 +208,11 @@ def feed(endpoint: str, args: argparse.Namespace, root_pid: int) -> dict[str, An
             {"names": names, "count": len(steps) * args.metrics, "through": steps[-1], "contributors": contributors},
             use_bin_type=True,
         )
+        packed = np.empty((args.relays, len(steps) * args.metrics), dtype=ROW)
+        for name, _, _ in COLUMNS:
+            packed[name] = cols[name]
         for k, s in enumerate(socks):
-            frames = [header + seq[k].to_bytes(4, "little"), body]
-            frames += [
-                memoryview(np.ascontiguousarray(cols[name][k]).reshape(-1).view(np.uint8)) for name, _, _ in COLUMNS
-            ]
-            s.send_multipart(frames, copy=False)
+            s.send_multipart([header + seq[k].to_bytes(4, "little"), body, packed[k].tobytes()], copy=False)
             seq[k] += 1
             sent_msgs += 1
     t_sent = time.monotonic()
@@ -228,8 +227,16 @@ def feed(endpoint: str, args: argparse.Namespace, root_pid: int) -> dict[str, An
     for s in socks:
         s.close(0)
     ctx.term()
-    return {"connect": connect, "close": close, "messages": sent_msgs, "t0": t0, "t_sent": t_sent,
-            "worst_lag": worst_lag, "steps": steps_total, "root_cpu_sending": cpu1 - cpu0}  # fmt: skip
+    return {
+        "connect": connect,
+        "close": close,
+        "messages": sent_msgs,
+        "t0": t0,
+        "t_sent": t_sent,
+        "worst_lag": worst_lag,
+        "steps": steps_total,
+        "root_cpu_sending": cpu1 - cpu0,
+    }
 
 
 def check(store: Path, args: argparse.Namespace, steps: int) -> dict[str, Any]:
@@ -268,9 +275,17 @@ def check(store: Path, args: argparse.Namespace, steps: int) -> dict[str, Any]:
             bad += 1
             if len(first_bad) < 5:
                 first_bad.append(f"{key}: {got!r} != {value!r}")
-    return {"expected": len(want), "exact": exact, "mismatched": bad, "missing": missing, "late_records": late,
-            "std_worst_rel": worst, "first_bad": first_bad, "status": run.status,
-            "counters": (run.end or {}).get("counters", {})}  # fmt: skip
+    return {
+        "expected": len(want),
+        "exact": exact,
+        "mismatched": bad,
+        "missing": missing,
+        "late_records": late,
+        "std_worst_rel": worst,
+        "first_bad": first_bad,
+        "status": run.status,
+        "counters": (run.end or {}).get("counters", {}),
+    }
 
 
 def main() -> int:
@@ -308,20 +323,31 @@ def main() -> int:
     connect = sorted(fed["connect"])
     window = fed["t_sent"] - fed["t0"]
     res = {
-        "relays": args.relays, "ranks": args.relays * args.ranks_per_relay, "flush": args.flush,
-        "seconds": args.seconds, "status": status, "connect_p50": connect[len(connect) // 2],
-        "connect_max": max(connect), "close_max": max(fed["close"]), "messages": fed["messages"],
-        "messages_per_s": fed["messages"] / window, "root_cpu_s": sampler.cpu, "peak_rss_mib": sampler.hwm / 2**20,
-        "feeder_worst_lag_s": fed["worst_lag"], **result,
-    }  # fmt: skip
+        "relays": args.relays,
+        "ranks": args.relays * args.ranks_per_relay,
+        "flush": args.flush,
+        "seconds": args.seconds,
+        "status": status,
+        "connect_p50": connect[len(connect) // 2],
+        "connect_max": max(connect),
+        "close_max": max(fed["close"]),
+        "messages": fed["messages"],
+        "messages_per_s": fed["messages"] / window,
+        "root_cpu_s": sampler.cpu,
+        "peak_rss_mib": sampler.hwm / 2**20,
+        "feeder_worst_lag_s": fed["worst_lag"],
+        **result,
+    }
     res["root_cpu_share"] = fed["root_cpu_sending"] / (window + 1.0 / args.hz)
-    print(f"-- {res['ranks']} simulated ranks via {args.relays} relays (flush {args.flush} s, {args.seconds} s): "
-          f"connect p50 {res['connect_p50']:.3f} s max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s; "
-          f"{res['messages_per_s']:.0f} PARTIALS/s; root CPU {res['root_cpu_share'] * 100:.0f} % of a core while the "
-          f"relays send ({sampler.cpu:.1f} s in all, connect and close included), peak RSS {res['peak_rss_mib']:.0f} MiB; "
-          f"stored exact {result['exact']}/{result['expected']}, missing {result['missing']}, late records "
-          f"{result['late_records']}, std worst rel {result['std_worst_rel']:.1e}; feeder worst lag "
-          f"{fed['worst_lag']:.2f} s; status {status}")  # fmt: skip
+    print(
+        f"-- {res['ranks']} simulated ranks via {args.relays} relays (flush {args.flush} s, {args.seconds} s): "
+        f"connect p50 {res['connect_p50']:.3f} s max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s; "
+        f"{res['messages_per_s']:.0f} PARTIALS/s; root CPU {res['root_cpu_share'] * 100:.0f} % of a core while the "
+        f"relays send ({sampler.cpu:.1f} s in all, connect, close incl.), peak RSS {res['peak_rss_mib']:.0f} MiB; "
+        f"stored exact {result['exact']}/{result['expected']}, missing {result['missing']}, late records "
+        f"{result['late_records']}, std worst rel {result['std_worst_rel']:.1e}; feeder worst lag "
+        f"{fed['worst_lag']:.2f} s; status {status}"
+    )
     if result["first_bad"]:
         print("   first mismatches:", result["first_bad"])
     C.emit_json(res)

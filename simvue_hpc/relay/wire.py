@@ -18,7 +18,7 @@ from ..errors import ProtocolError
 from ..protocol import Buffer, Message, MsgType
 from .partials import DIGITS, Partials
 
-# (column, dtype, values per row) in frame order
+# (column, dtype, values per row) in row order
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("metric", "<u4", 1),
     ("step", "<i8", 1),
@@ -33,6 +33,9 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("mean", "<f8", 1),
     ("m2", "<f8", 1),
 )
+# one payload frame of packed little-endian rows (101 bytes each): one frame per message, not one per
+# column, because a message's cost at the aggregator grows with its number of frames
+ROW = np.dtype([(name, dtype, (per_row,)) if per_row > 1 else (name, dtype) for name, dtype, per_row in COLUMNS])
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -57,11 +60,10 @@ class PartialBatch(Message):
         }
 
     def payload_frames(self) -> list[Buffer]:
-        out: list[Buffer] = []
-        for name, dtype, _ in COLUMNS:
-            array = np.ascontiguousarray(getattr(self.partials, name), dtype=np.dtype(dtype)).reshape(-1)
-            out.append(memoryview(array.view(np.uint8)))  # type: ignore[arg-type]
-        return out
+        rows = np.empty(len(self.partials), dtype=ROW)
+        for name, _, _ in COLUMNS:
+            rows[name] = getattr(self.partials, name)
+        return [memoryview(rows.view(np.uint8))]  # type: ignore[arg-type]
 
     @classmethod
     def from_frames(cls, body: dict[str, Any], extra: Sequence[Buffer]) -> PartialBatch:
@@ -78,23 +80,20 @@ class PartialBatch(Message):
             for k, v in contributors.items()
         ):
             raise ProtocolError("PARTIALS.contributors must map names to non-negative integers")
-        if len(extra) != len(COLUMNS):
-            raise ProtocolError(f"PARTIALS carries {len(COLUMNS)} payload frames, got {len(extra)}")
-        cols: dict[str, np.ndarray] = {}
-        for frame, (name, dtype, per_row) in zip(extra, COLUMNS, strict=True):
-            dt = np.dtype(dtype)
-            nbytes = memoryview(frame).nbytes
-            if nbytes != count * per_row * dt.itemsize:
-                raise ProtocolError(f"PARTIALS.{name} has {nbytes} bytes, expected {count} x {per_row * dt.itemsize}")
-            col = np.frombuffer(frame, dtype=dt)
-            cols[name] = col.reshape(count, DIGITS) if per_row > 1 else col
+        if len(extra) != 1:
+            raise ProtocolError(f"PARTIALS carries 1 payload frame, got {len(extra)}")
+        nbytes = memoryview(extra[0]).nbytes
+        if nbytes != count * ROW.itemsize:
+            raise ProtocolError(f"PARTIALS rows have {nbytes} bytes, expected {count} x {ROW.itemsize}")
+        rows = np.frombuffer(extra[0], dtype=ROW)
+        cols = {name: rows[name] for name, _, _ in COLUMNS}
         if count and int(cols["metric"].max()) >= len(names):
             raise ProtocolError("PARTIALS.metric refers past the end of names")
         if count and (int(cols["count"].min()) < 1 or bool((cols["finite"] > cols["count"]).any())):
             raise ProtocolError("PARTIALS.count must be >= 1 and >= finite")
-        cols["metric"] = cols["metric"].astype(np.int64)
-        cols["flags"] = cols["flags"].astype(np.uint8)
-        return cls(names, through, dict(contributors), Partials(**cols))
+        native = {name: np.ascontiguousarray(col, dtype=col.dtype.newbyteorder("=")) for name, col in cols.items()}
+        native["metric"] = native["metric"].astype(np.int64)
+        return cls(names, through, dict(contributors), Partials(**native))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PartialBatch):
