@@ -199,6 +199,7 @@ class AggregatorState:
         self._out_names: list[str] = []
         self._chunks: list[tuple[np.ndarray, ...]] = []
         self._relayed = RelayedPartials()  # node relays' partial accumulators
+        self._relay_ranks: dict[int, int] = {}  # relay's rank -> ranks joined behind it
         self._files: set[str] = set()
         self._file_records: set[tuple[str, str, str]] = set()
         self._transfers: dict[str, _Transfer] = {}
@@ -526,14 +527,19 @@ class AggregatorState:
         for name in batch.contributors:
             if name in self._metrics:
                 self._metrics[name].contributors.add(peer.rank)
+        self._relay_ranks[peer.rank] = batch.ranks
         n = self._relayed.add(peer.rank, lut, batch, now)
         peer.received_points += n
         peer.progress = max(peer.progress, batch.through + 1)
         self.counters["points_received"] += n
 
+    def _joined(self) -> int:
+        """Ranks joined: those connected here, and those behind relays (a relay is not one of them)."""
+        return len(self._ranks) - len(self._relay_ranks) + sum(self._relay_ranks.values())
+
     def _all_joined(self) -> bool:
         expected = self.config.expected_ranks
-        return expected is None or len(self._ranks) >= expected
+        return expected is None or self._joined() >= expected
 
     def _watermark(self, metric: _Metric, now: float) -> int:
         """Largest final step of ``metric`` from the contributors' progress alone."""
@@ -845,7 +851,7 @@ class AggregatorState:
         for rank in missing:
             self._record_rank(self._ranks[rank], "missing", out)
         never = []
-        if self.config.expected_ranks is not None:
+        if self.config.expected_ranks is not None and self._joined() < self.config.expected_ranks:
             never = [r for r in range(self.config.expected_ranks) if r not in self._ranks]
             for rank in never:
                 out.append(

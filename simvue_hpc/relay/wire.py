@@ -43,13 +43,15 @@ class PartialBatch(Message):
     """Accumulators of one relay's ranks per (metric, step); ``partials.metric`` indexes ``names``.
 
     ``through``: every point of the relay's ranks for a step <= ``through`` (of any metric) is in this
-    message or an earlier one. ``contributors``: per metric name, how many of the relay's ranks log it."""
+    message or an earlier one. ``contributors``: per metric name, how many of the relay's ranks log it.
+    ``ranks``: how many ranks have joined the relay so far (the aggregator counts them as joined)."""
 
     TYPE = MsgType.PARTIALS
     names: list[str]
     through: int
     contributors: dict[str, int]
     partials: Partials
+    ranks: int = 0
 
     def body(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class PartialBatch(Message):
             "count": len(self.partials),
             "through": self.through,
             "contributors": dict(self.contributors),
+            "ranks": self.ranks,
         }
 
     def payload_frames(self) -> list[Buffer]:
@@ -69,6 +72,9 @@ class PartialBatch(Message):
     def from_frames(cls, body: dict[str, Any], extra: Sequence[Buffer]) -> PartialBatch:
         names, count, through = body.get("names"), body.get("count"), body.get("through")
         contributors = body.get("contributors", {})
+        ranks = body.get("ranks", 0)
+        if not isinstance(ranks, int) or isinstance(ranks, bool) or not 0 <= ranks < 2**31:
+            raise ProtocolError("PARTIALS.ranks must be a non-negative integer")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ProtocolError("PARTIALS.names must be a list of strings")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -93,14 +99,14 @@ class PartialBatch(Message):
             raise ProtocolError("PARTIALS.count must be >= 1 and >= finite")
         native = {name: np.ascontiguousarray(col, dtype=col.dtype.newbyteorder("=")) for name, col in cols.items()}
         native["metric"] = native["metric"].astype(np.int64)
-        return cls(names, through, dict(contributors), Partials(**native))
+        return cls(names, through, dict(contributors), Partials(**native), ranks)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PartialBatch):
             return NotImplemented
         return (
             list(self.names) == list(other.names)
-            and (self.through, self.contributors) == (other.through, other.contributors)
+            and (self.through, self.contributors, self.ranks) == (other.through, other.contributors, other.ranks)
             and all(
                 np.array_equal(getattr(self.partials, name), getattr(other.partials, name), equal_nan=dtype[1] == "f")
                 for name, dtype, _ in COLUMNS

@@ -73,8 +73,13 @@ def _flat(points: list[tuple[int, int, int, float]], ranks: int, steps: int) -> 
     for s in range(steps):  # one message per rank and step, interleaved as they would arrive
         for r in range(ranks):
             mine = [p for p in points if p[0] == r and p[2] == s]
-            batch = MetricBatch(NAMES, np.array([p[1] for p in mine], np.uint32), np.full(len(mine), s, np.int64),
-                                np.full(len(mine), 1000 + s, np.int64), np.array([p[3] for p in mine]))  # fmt: skip
+            batch = MetricBatch(
+                NAMES,
+                np.array([p[1] for p in mine], np.uint32),
+                np.full(len(mine), s, np.int64),
+                np.full(len(mine), 1000 + s, np.int64),
+                np.array([p[3] for p in mine]),
+            )
             out += state.handle(b"r%d" % r, seq[r], batch, 1.0 + s)
             seq[r] += 1
         out += state.tick(1.5 + s)
@@ -83,8 +88,9 @@ def _flat(points: list[tuple[int, int, int, float]], ranks: int, steps: int) -> 
     return _finish(state, out, 100.0)
 
 
-def _relayed(points: list[tuple[int, int, int, float]], ranks: int, steps: int, nodes: int
-             ) -> dict[tuple[str, int], float]:  # fmt: skip
+def _relayed(
+    points: list[tuple[int, int, int, float]], ranks: int, steps: int, nodes: int
+) -> dict[tuple[str, int], float]:
     state, out = _state(), []
     node_of = [r * nodes // ranks for r in range(ranks)]
     for k in range(nodes):
@@ -93,8 +99,12 @@ def _relayed(points: list[tuple[int, int, int, float]], ranks: int, steps: int, 
         for k in range(nodes):
             mine = [p for p in points if node_of[p[0]] == k and p[2] == s]
             contributors = {NAMES[m]: len({p[0] for p in points if node_of[p[0]] == k and p[1] == m}) for m in range(3)}
-            acc = accumulate(np.array([p[1] for p in mine], np.int64), np.full(len(mine), s, np.int64),
-                             np.full(len(mine), 1000 + s, np.int64), np.array([p[3] for p in mine]))  # fmt: skip
+            acc = accumulate(
+                np.array([p[1] for p in mine], np.int64),
+                np.full(len(mine), s, np.int64),
+                np.full(len(mine), 1000 + s, np.int64),
+                np.array([p[3] for p in mine]),
+            )
             msg = PartialBatch(NAMES, s, {n: c for n, c in contributors.items() if c}, acc)
             seq, decoded = decode([bytes(f) for f in encode(msg, s + 1)])  # through the wire format
             out += state.handle(b"relay%d" % k, seq, decoded, 1.0 + s)
