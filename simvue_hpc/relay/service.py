@@ -37,7 +37,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def relay_endpoint(run_id: str, node: str) -> str:
     """The ipc endpoint of ``node``'s relay for run ``run_id`` (the C client derives the same)."""
-    return f"ipc://{os.path.join(tempfile.gettempdir(), f'simvue_hpc-{run_id}-{_SAFE.sub("_", node)}.sock')}"
+    name = f"simvue_hpc-{run_id}-{_SAFE.sub('_', node)}.sock"
+    return f"ipc://{os.path.join(tempfile.gettempdir(), name)}"
 
 
 class RelayService:
