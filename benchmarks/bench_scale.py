@@ -108,7 +108,8 @@ class Sampler(threading.Thread):
 
 # ---------------------------------------------------------------------------------------------- part 1
 def run_c_job(
-    exe: Path, procs: int, seconds: float, hz: float, metrics: int, nodes: int, tmp: Path, settings: list[str]
+    exe: Path, procs: int, seconds: float, hz: float, metrics: int, nodes: int, tmp: Path, settings: list[str],
+    relays: bool = False,
 ) -> dict[str, Any]:
     """One job under the sidecar; returns its figures and the run directory."""
     out_csv = tmp / "driver.csv"
@@ -116,6 +117,7 @@ def run_c_job(
     for item in settings:
         key, _, val = item.partition("=")
         extra[f"SIMVUE_HPC_{key.upper()}"] = val
+    extra["PYTHON"] = sys.executable
     env = C.isolated_env(tmp, extra)
     cmd = [
         sys.executable,
@@ -127,6 +129,7 @@ def run_c_job(
         "--name",
         f"scale-{procs}",
         "--",
+        *([str(C.HERE / "scale_job.sh"), str(nodes), str(procs)] if relays and nodes > 0 else []),
         str(exe),
         "--procs",
         str(procs),
@@ -247,7 +250,7 @@ def part1(args: argparse.Namespace) -> int:
     for procs in args.procs:
         for nodes in args.nodes:
             with C.TempRoot("bench_scale_", keep=args.keep) as tmp:
-                r = run_c_job(exe, procs, args.seconds, args.hz, args.metrics, nodes, tmp, args.set)
+                r = run_c_job(exe, procs, args.seconds, args.hz, args.metrics, nodes, tmp, args.set, args.relays)
                 steps = round(args.seconds * args.hz)
                 check = check_store(tmp / "store", procs, steps, args.metrics)
             rows = r["rows"]
@@ -259,6 +262,7 @@ def part1(args: argparse.Namespace) -> int:
             res = {
                 "procs": procs,
                 "nodes": nodes,
+                "relays": bool(args.relays and nodes),
                 "seconds": args.seconds,
                 "hz": args.hz,
                 "metrics": args.metrics,
@@ -277,7 +281,8 @@ def part1(args: argparse.Namespace) -> int:
                 **check,
             }
             print(
-                f"-- N={procs} nodes={nodes}: {acked}/{procs} acknowledged, connect p50 {res['connect_p50']:.3f} s "
+                f"-- N={procs} nodes={nodes}{' (relays)' if res['relays'] else ''}: {acked}/{procs} acknowledged, "
+                f"connect p50 {res['connect_p50']:.3f} s "
                 f"max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s, wall {res['wall']} s, "
                 f"sidecar CPU {res['cpu_share'] * 100:.0f} % of a core ({res['sidecar_cpu_s']} s), peak RSS "
                 f"{res['peak_rss_mib']} MiB; records {check.get('records')}/{check.get('expected')}, exact "
@@ -414,6 +419,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="CI smoke size: N=64, 2 s, flat and 2 nodes")
     ap.add_argument("--compare", action="store_true", help="part 2: the official client side by side")
     ap.add_argument("--compare-worker", choices=("official", "simvue_hpc"), help=argparse.SUPPRESS)
+    ap.add_argument("--relays", action="store_true", help="with --nodes K: a node relay per simulated node")
     ap.add_argument("--set", action="append", default=[], help="NAME=VALUE: SIMVUE_HPC_NAME for the job")
     ap.add_argument("--build-dir", default=str(C.REPO / "build" / "bench_scale"))
     ap.add_argument("--keep", action="store_true")

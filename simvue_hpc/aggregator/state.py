@@ -251,6 +251,7 @@ class AggregatorState:
         if isinstance(msg, MetricBatch):
             self._ingest(peer, msg, now)
         elif isinstance(msg, PartialBatch):
+            self._apply_reductions(peer.rank, msg.reductions, out)
             self._ingest_partials(peer, msg, now)
         elif isinstance(msg, Resources):
             self._resources[identity] = (now, msg)
@@ -466,7 +467,16 @@ class AggregatorState:
         self._peers[identity] = peer
         self._ranks[rank] = peer
         self._rejected.discard(identity)
-        for name, spec in msg.reductions.items():
+        self._apply_reductions(rank, msg.reductions, out)
+        self._record_rank(peer, "joined", out)
+        out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
+        if self.aborted is not None:
+            out.append(Reply(identity, Notice("abort", self.aborted)))
+        self._live_changed(out)
+
+    def _apply_reductions(self, rank: int, reductions: dict[str, list[str]], out: list[Action]) -> None:
+        """A rank's (or a relay's ranks') reductions apply to the run's metrics not yet stored."""
+        for name, spec in reductions.items():
             try:
                 reduction = Reduction.parse(name, spec)
             except ValueError as exc:
@@ -476,11 +486,6 @@ class AggregatorState:
             metric = self._metrics.get(name)
             if metric is not None and not metric.emitted:
                 metric.reduction = reduction
-        self._record_rank(peer, "joined", out)
-        out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
-        if self.aborted is not None:
-            out.append(Reply(identity, Notice("abort", self.aborted)))
-        self._live_changed(out)
 
     def _sequence(self, peer: _Peer, seq: int, out: list[Action]) -> None:
         gap = (seq - peer.next_seq) & 0xFFFFFFFF

@@ -91,6 +91,7 @@ class RelayCore:
     _contributors: dict[int, set[int]] = field(default_factory=dict)  # metric id -> local ranks
     _pending: list[Partials] = field(default_factory=list)
     _files: dict[str, list[bytes]] = field(default_factory=dict)  # sha256 -> local ranks waiting
+    _reductions: dict[str, list[str]] = field(default_factory=dict)  # from HELLOs, not yet sent up
     _started: float = 0.0
     ended: bool = False
 
@@ -178,6 +179,7 @@ class RelayCore:
             self._locals.pop(other.identity, None)
         self._locals[identity] = peer
         self._by_rank[msg.rank] = peer
+        self._reductions.update(msg.reductions)
         return [(identity, Welcome(msg.rank, self.run_id, self.run_name, self.flush_interval))]
 
     def _metrics(self, peer: _Local, batch: MetricBatch) -> Out:
@@ -212,7 +214,8 @@ class RelayCore:
         self._pending = []
         names = list(self._names)
         contributors = {names[g]: len(ranks) for g, ranks in self._contributors.items()}
-        return [(UP, PartialBatch(names, self.through(), contributors, rows, len(self._by_rank)))]
+        reductions, self._reductions = self._reductions, {}
+        return [(UP, PartialBatch(names, self.through(), contributors, rows, len(self._by_rank), reductions))]
 
     def tick(self, now: float) -> Out:
         """Lost ranks; the caller flushes on its own interval."""

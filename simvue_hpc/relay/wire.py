@@ -8,7 +8,7 @@ is the normative description.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,8 @@ class PartialBatch(Message):
 
     ``through``: every point of the relay's ranks for a step <= ``through`` (of any metric) is in this
     message or an earlier one. ``contributors``: per metric name, how many of the relay's ranks log it.
-    ``ranks``: how many ranks have joined the relay so far (the aggregator counts them as joined)."""
+    ``ranks``: how many ranks have joined the relay so far (the aggregator counts them as joined).
+    ``reductions``: those of the relay's ranks' HELLOs not sent up before (as in HELLO)."""
 
     TYPE = MsgType.PARTIALS
     names: list[str]
@@ -52,6 +53,7 @@ class PartialBatch(Message):
     contributors: dict[str, int]
     partials: Partials
     ranks: int = 0
+    reductions: dict[str, list[str]] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class PartialBatch(Message):
             "through": self.through,
             "contributors": dict(self.contributors),
             "ranks": self.ranks,
+            "reductions": dict(self.reductions),
         }
 
     def payload_frames(self) -> list[Buffer]:
@@ -73,6 +76,12 @@ class PartialBatch(Message):
         names, count, through = body.get("names"), body.get("count"), body.get("through")
         contributors = body.get("contributors", {})
         ranks = body.get("ranks", 0)
+        reductions = body.get("reductions", {})
+        if not isinstance(reductions, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(op, str) for op in v)
+            for k, v in reductions.items()
+        ):
+            raise ProtocolError("PARTIALS.reductions must map names to lists of strings")
         if not isinstance(ranks, int) or isinstance(ranks, bool) or not 0 <= ranks < 2**31:
             raise ProtocolError("PARTIALS.ranks must be a non-negative integer")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -99,14 +108,15 @@ class PartialBatch(Message):
             raise ProtocolError("PARTIALS.count must be >= 1 and >= finite")
         native = {name: np.ascontiguousarray(col, dtype=col.dtype.newbyteorder("=")) for name, col in cols.items()}
         native["metric"] = native["metric"].astype(np.int64)
-        return cls(names, through, dict(contributors), Partials(**native), ranks)
+        return cls(names, through, dict(contributors), Partials(**native), ranks, dict(reductions))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PartialBatch):
             return NotImplemented
         return (
             list(self.names) == list(other.names)
-            and (self.through, self.contributors, self.ranks) == (other.through, other.contributors, other.ranks)
+            and (self.through, self.contributors, self.ranks, self.reductions)
+            == (other.through, other.contributors, other.ranks, other.reductions)
             and all(
                 np.array_equal(getattr(self.partials, name), getattr(other.partials, name), equal_nan=dtype[1] == "f")
                 for name, dtype, _ in COLUMNS

@@ -89,7 +89,8 @@ def partial_batches(draw: st.DrawFn) -> PartialBatch:
     batch = draw(metric_batches(max_points=60))
     partials = accumulate(batch.name_id.astype(np.int64), batch.step, batch.time_ns, batch.value)
     contributors = draw(st.dictionaries(st.sampled_from(batch.names), st.integers(0, 2**31 - 1), max_size=3))
-    return PartialBatch(batch.names, draw(st.integers(*I64)), contributors, partials, draw(st.integers(0, 2**31 - 1)))
+    ranks = draw(st.integers(0, 2**31 - 1))
+    return PartialBatch(batch.names, draw(st.integers(*I64)), contributors, partials, ranks, draw(reductions))
 
 
 MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
