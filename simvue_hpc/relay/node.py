@@ -128,8 +128,8 @@ class RelayCore:
         if isinstance(msg, MetricBatch):
             return self._metrics(peer, msg)
         if isinstance(msg, Goodbye):
+            peer.live = False  # closed: it no longer holds ``through`` back
             out = self.flush()
-            peer.live = False
             if msg.sent_points != peer.received_points:
                 out.append(
                     (
