@@ -108,7 +108,14 @@ class Sampler(threading.Thread):
 
 # ---------------------------------------------------------------------------------------------- part 1
 def run_c_job(
-    exe: Path, procs: int, seconds: float, hz: float, metrics: int, nodes: int, tmp: Path, settings: list[str],
+    exe: Path,
+    procs: int,
+    seconds: float,
+    hz: float,
+    metrics: int,
+    nodes: int,
+    tmp: Path,
+    settings: list[str],
     relays: bool = False,
 ) -> dict[str, Any]:
     """One job under the sidecar; returns its figures and the run directory."""
