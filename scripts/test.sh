@@ -15,5 +15,6 @@ echo "== ruff"
 ruff check .
 ruff format --check .
 echo "== mypy"; mypy
+echo "== import rules"; lint-imports
 echo "== pytest"; python -m pytest -q -p no:cacheprovider
 if [ -f benchmarks/run_all.sh ]; then echo "== benchmarks (smoke)"; bash benchmarks/run_all.sh --quick; fi

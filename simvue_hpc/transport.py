@@ -7,7 +7,6 @@ acknowledged goodbye). Endpoints:
 * ``tcp``: the default. Bound on every interface at a random port and advertised with this host's
   name, so ranks on other nodes can reach it; ``SIMVUE_HPC_HOST`` overrides the advertised address.
 * ``ipc``: a socket file for ranks on one node.
-* ``inproc``: inside one process (thread-mode aggregator and its host's worker only).
 
 ZeroMQ errors are mapped to :class:`~simvue_hpc.errors.TransportError` here, once.
 """
@@ -28,9 +27,7 @@ from .errors import TransportError
 
 log = logging.getLogger(__name__)
 
-Again = zmq.Again
 POLLIN = zmq.POLLIN
-POLLOUT = zmq.POLLOUT
 # File descriptors the aggregator process needs besides one per connected rank.
 FD_MARGIN = 64
 
@@ -56,11 +53,8 @@ def bind_router(ctx: zmq.Context[Any], kind: str, run_id: str, rcvhwm: int = 10_
             path = os.path.join(tempfile.gettempdir(), f"simvue_hpc-{run_id}.sock")
             endpoint = f"ipc://{path}"
             sock.bind(endpoint)
-        elif kind == "inproc":
-            endpoint = f"inproc://simvue_hpc-{run_id}"
-            sock.bind(endpoint)
         else:
-            raise TransportError(f"transport must be tcp, ipc or inproc, not {kind!r}")
+            raise TransportError(f"transport must be tcp or ipc, not {kind!r}")
     except zmq.ZMQError as exc:
         sock.close(0)
         raise TransportError(f"cannot bind the aggregator ({kind}): {exc}") from None

@@ -3,15 +3,27 @@
 ``_sealed`` (autouse) removes every ``SIMVUE_*`` variable, points HOME and the XDG directories at a
 temporary directory and runs the test from a temporary working directory, so that a developer's
 ``SIMVUE_URL``/``SIMVUE_TOKEN`` or a ``simvue.toml`` in HOME or a parent directory never reaches a test.
+
+``zmq_context``/``zmq_socket`` (modelled on pyzmq's own test fixtures) hand a test real ZeroMQ sockets and
+close every one it made; the context is then terminated with a timeout, so a socket the code under test
+leaked fails the test instead of hanging the suite.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
+
+from simvue_hpc.config import find_config_file
+
+# How long terminating a test's ZeroMQ context may take once its sockets are closed.
+TERM_TIMEOUT = 5.0
 
 # Settings that keep the integration tests quick; a test that needs another sets its own.
 FAST = {
@@ -32,7 +44,11 @@ def _sealed(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     for var, sub in dirs:
         (home / sub).mkdir(parents=True, exist_ok=True)
         monkeypatch.setenv(var, str(home / sub))
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    found = find_config_file(cwd, home)
+    if found is not None:  # the temporary directory sits below a developer's configuration file
+        pytest.fail(f"{found} would configure this test's server: move it or run pytest with another --basetemp")
     yield
 
 
@@ -44,3 +60,43 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
     yield root
+
+
+def term_context(ctx: zmq.Context[Any], timeout: float = TERM_TIMEOUT) -> None:
+    """Terminate ``ctx``; a socket still open makes ``term`` block, which fails here after ``timeout``."""
+    thread = threading.Thread(target=ctx.term, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        left = [s for s in list(getattr(ctx, "_sockets", ())) if not s.closed]
+        for sock in left:  # closing them lets the blocked term finish, so the next test starts clean
+            sock.close(linger=0)
+        thread.join(timeout)
+        raise AssertionError(f"ZeroMQ context not terminated within {timeout} s: {len(left)} socket(s) left open")
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.Context[Any]]:
+    """A fresh ZeroMQ context, terminated (with a timeout) after the test."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        term_context(ctx)
+
+
+@pytest.fixture
+def zmq_socket(zmq_context: zmq.Context[Any]) -> Iterator[Callable[[int], zmq.Socket[Any]]]:
+    """A factory of sockets on ``zmq_context``; each is closed (linger 0) after the test."""
+    made: list[zmq.Socket[Any]] = []
+
+    def new_socket(kind: int, **options: Any) -> zmq.Socket[Any]:
+        sock = zmq_context.socket(kind)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name.upper()), value)
+        made.append(sock)
+        return sock
+
+    yield new_socket
+    for sock in made:
+        sock.close(linger=0)

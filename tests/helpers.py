@@ -68,10 +68,19 @@ def assert_store_matches(run: RunView, want: dict[str, dict[int, float]]) -> Non
         assert run.metrics[name].late == 0, f"{name}: late points"
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> None:
-    """Poll ``condition`` until it is truthy; fail the test (never hang) after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str | Callable[[], str] = "",
+) -> None:
+    """Poll ``condition`` until it is truthy; fail the test (never hang) after ``timeout`` seconds.
+
+    ``what`` names the condition in the failure; a callable is asked only then (e.g. a job's output).
+    """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {said or condition}")
         time.sleep(interval)

@@ -16,7 +16,7 @@ import pytest
 
 from simvue_hpc import RunAborted, Simvue
 from simvue_hpc.store import list_runs, load_run
-from tests.helpers import only_run
+from tests.helpers import only_run, wait_until
 
 pytest_plugins = ["tests.server.fixtures"]
 
@@ -96,9 +96,7 @@ def test_server_abort_reaches_every_rank(simvue_online: Any, store: Path) -> Non
     _run.init(name="abort-from-server")
     with ctx.Pool(WORKERS) as pool:
         pending = pool.map_async(_until_aborted, range(WORKERS), chunksize=1)
-        deadline = time.monotonic() + 30
-        while not simvue_online.db.runs() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(simvue_online.db.runs, 30, what="the run on the server")
         (doc,) = simvue_online.db.runs()
         asked = time.monotonic()
         simvue_online.set_abort(doc["id"])
@@ -187,13 +185,12 @@ MPI_LOGGER = textwrap.dedent(
 
 
 def _wait_for_end(store: Path, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended() -> bool:
         runs = list_runs(store)
-        if runs and runs[0].end is not None:
-            return load_run(runs[0].run_dir)
-        time.sleep(0.2)
-    raise AssertionError("the run did not end")
+        return bool(runs) and runs[0].end is not None
+
+    wait_until(ended, timeout, interval=0.2, what="the run's end")
+    return load_run(list_runs(store)[0].run_dir)
 
 
 @pytest.mark.mpi
@@ -204,9 +201,7 @@ def test_rank_killed_with_sigkill_under_mpiexec(store: Path, tmp_path: Path) -> 
     proc = subprocess.Popen([str(mpiexec), "-n", "3", sys.executable, str(script), str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     pids = [tmp_path / f"pid_{r}" for r in range(3)]
-    deadline = time.monotonic() + 60
-    while not all(p.exists() and p.read_text() for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: all(p.exists() and p.read_text() for p in pids), 60, what="every rank's pid file")
     time.sleep(0.5)
     os.kill(int(pids[2].read_text()), signal.SIGKILL)
     proc.wait(60)  # the launcher tears the job down

@@ -19,7 +19,7 @@ from simvue_hpc.config import ServerSettings
 from simvue_hpc.server import SimvueClient
 from simvue_hpc.store import RecordType, RunWriter, new_run_id
 from simvue_hpc.upload import Uploader, upload_lock
-from tests.helpers import expected, only_run, series
+from tests.helpers import expected, only_run, series, wait_until
 
 pytest_plugins = ["tests.server.fixtures"]
 
@@ -70,7 +70,7 @@ def test_single_process_run_is_uploaded_live(server: Any, store: Path, tmp_path:
         run.event("converged")
         run.save(result, "output")
         run.add_alert("high", "is above", "residual", frequency=1, window=1, threshold=5)
-        time.sleep(1.2)  # long enough for a heartbeat
+        wait_until(lambda: any(r.path.endswith("/heartbeat") for r in server.requests_log("/runs")), 30)
     assert run.status == "completed" and run.uploaded is True
     doc = assert_server_matches_store(server, store)
     assert (doc["name"], doc["folder"], doc["status"]) == ("uploaded", "/hpc/tests", "completed")
@@ -205,13 +205,11 @@ def test_replay_resumes_after_an_uploader_crash(server: Any, store: Path, monkey
     settings = ServerSettings.load()
     client = SimvueClient(settings)
     first = Uploader(run_dir, client, settings)
-    while len(server.requests_log("/metrics", "POST")) < 1:
-        first.poll()
-        time.sleep(0.05)
-    del first  # the uploader "crashes" after its first metrics batch
+    posted = lambda up=first: (up.poll(), server.requests_log("/metrics", "POST"))[1]  # noqa: E731
+    wait_until(posted, 60, interval=0.05)
+    del first, posted  # the uploader "crashes" after its first metrics batch
     second = Uploader(run_dir, client, settings)
-    while not second.poll():
-        time.sleep(0.05)
+    wait_until(second.poll, 60, interval=0.05)
     assert_server_matches_store(server, store)
     assert len(server_series(server, server_run(server)["id"])["x"]) == 40_000
 

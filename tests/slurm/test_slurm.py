@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from simvue_hpc.store import RunView, list_runs
-from tests.helpers import assert_store_matches, expected, only_run, series
+from tests.helpers import assert_store_matches, expected, only_run, series, wait_until
 from tests.slurm.conftest import Slurm
 
 pytestmark = pytest.mark.slurm
@@ -218,10 +218,8 @@ def test_scancel_terminates_the_sidecars_run(slurm: Slurm, store: Path, job_dir:
     (job_dir / "standin.py").write_text(STANDIN)
     job_id = slurm.sbatch(EXAMPLES / "c_mpi_sidecar.sbatch", PY, "standin.py", options=["--ntasks=2", "--overcommit"],
                           chdir=job_dir, submit_dir=REPO, env={"FOREVER": "1"})  # fmt: skip
-    deadline = time.monotonic() + 60
-    while output(job_dir).count(f"logged {STEPS} steps") < 2:  # both ranks are in their loop
-        assert time.monotonic() < deadline, output(job_dir)
-        time.sleep(0.2)
+    # both ranks are in their loop
+    wait_until(lambda: output(job_dir).count(f"logged {STEPS} steps") >= 2, 60, 0.2, what=lambda: output(job_dir))
     cancelled = time.monotonic()
     slurm.command("scancel", job_id)
     (job,) = slurm.wait(job_id)
