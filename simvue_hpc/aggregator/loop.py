@@ -29,7 +29,7 @@ from typing import IO, Any
 from .. import transport
 from ..config import HPCSettings, ServerSettings
 from ..errors import ProtocolError, StoreError, TransportError
-from ..protocol import decode, encode
+from ..protocol import GoodbyeAck, Reject, decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
 from .actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
@@ -150,15 +150,15 @@ class AggregatorService:
                         try:
                             seq, message = decode(body)
                         except ProtocolError as exc:
-                            self._perform(state, state.protocol_error(identity, str(exc)))
+                            self._perform(state, state.protocol_error(identity, str(exc), now))
                             continue
                         try:
                             self._perform(state, state.handle(identity, seq, message, now))
                         except (StoreError, OSError):
                             raise  # the store is broken: nothing more can be kept
                         except Exception as exc:  # one bad message must not end the run for everyone
-                            log.exception("message %s from %r could not be applied", type(message).__name__, identity)
-                            self._perform(state, state.protocol_error(identity, f"{type(exc).__name__}: {exc}"))
+                            log.debug("message %s from %r not applied", type(message).__name__, identity, exc_info=True)
+                            self._perform(state, state.protocol_error(identity, f"{type(exc).__name__}: {exc}", now))
                 if control_fd is not None and control_fd in events and not _read_or_eof(control_fd):
                     log.info("the host process is gone; closing once the other ranks have")
                     poller.unregister(control_fd)
@@ -231,8 +231,9 @@ class AggregatorService:
             elif isinstance(action, Append):
                 self._store.append(action.type, action.payload)
             elif isinstance(action, Reply):
-                seq = self._out_seq.get(action.identity, 0)
-                self._out_seq[action.identity] = seq + 1
+                seq = self._out_seq.pop(action.identity, 0)
+                if not isinstance(action.message, (Reject, GoodbyeAck)):  # the link's last word: forget it
+                    self._out_seq[action.identity] = seq + 1
                 transport.send(self._sock, [action.identity, *encode(action.message, seq)])
             elif isinstance(action, FileWrite):
                 self._file_write(state, action)

@@ -23,7 +23,6 @@ class Peer:
     last_seen: float
     next_seq: int = 1
     state: str = LIVE
-    progress: int = INT64_MIN  # the largest step it has sent
     received_points: int = 0
     sent_points: int = 0
     dropped_points: int = 0
@@ -43,16 +42,21 @@ class Roster:
     def get(self, identity: bytes) -> Peer | None:
         return self.by_identity.get(identity)
 
-    def add(self, peer: Peer) -> None:
-        """Register ``peer``, forgetting an older link of the same identity or of the same rank."""
+    def add(self, peer: Peer) -> list[Peer]:
+        """Register ``peer``, forgetting an older link of the same identity or of the same rank; returns
+        the links forgotten."""
+        gone = []
         old = self.by_identity.pop(peer.identity, None)
         if old is not None:
             self.by_rank.pop(old.rank, None)
+            gone.append(old)
         existing = self.by_rank.get(peer.rank)
         if existing is not None:  # the rank reconnected after closing or being lost: forget the old link
             self.by_identity.pop(existing.identity, None)
+            gone.append(existing)
         self.by_identity[peer.identity] = peer
         self.by_rank[peer.rank] = peer
+        return gone
 
     def live(self) -> Iterator[Peer]:
         return (p for p in self.by_identity.values() if p.state == LIVE)

@@ -110,6 +110,7 @@ def test_server_abort_reaches_every_rank(simvue_online: Any, store: Path) -> Non
 def test_live_ranks_and_resource_metrics(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     global _run, _barrier
     monkeypatch.setenv("SIMVUE_HPC_SYSTEM_METRICS_INTERVAL", "0.2")
+    monkeypatch.setenv("SIMVUE_HPC_HEARTBEAT_INTERVAL", "0.2")  # live_ranks is recorded at most this often
     ctx = mp.get_context("fork")
     _barrier = ctx.Barrier(WORKERS)
     _run = Simvue()
