@@ -73,8 +73,7 @@ class Template:
     def __init__(self, ranks: int, metrics: int, step: int) -> None:
         local = np.arange(ranks)
         self.g = [((31 * local + 17 * m + 7 * step) % 1024) * 0.25 for m in range(metrics)]
-        self.d0 = np.array([int(np.trunc(g).sum()) for g in self.g], dtype=np.int64)
-        self.d1 = np.array([int(((g - np.trunc(g)) * 2**40).sum()) for g in self.g], dtype=np.int64)
+        self.sum = np.array([g.sum() for g in self.g])  # exact: multiples of 1/4 below 2**40
         self.min = np.array([g.min() for g in self.g])
         self.max = np.array([g.max() for g in self.g])
         self.mean = np.array([g.mean() for g in self.g])
@@ -90,22 +89,16 @@ def _step_rows(relays: int, ranks: int, metrics: int, steps: list[int], now_ns: 
     def cat(attr: str) -> np.ndarray:
         return np.concatenate([getattr(t, attr) for t in temps])
 
-    digits = np.zeros((relays, rows, 3), dtype=np.int64)
-    digits[:, :, 0] = cat("d0")[None, :] + ranks * k
-    digits[:, :, 1] = cat("d1")[None, :]
     full = (relays, rows)
     return {
-        "metric": np.broadcast_to(np.tile(np.arange(metrics, dtype=np.uint32), len(steps)), full).copy(),
+        "key": np.broadcast_to(np.tile(np.arange(metrics, dtype=np.uint32), len(steps)), full).copy(),
         "step": np.broadcast_to(np.repeat(np.array(steps, dtype=np.int64), metrics), full).copy(),
         "time_ns": np.full(full, now_ns, dtype=np.int64),
         "count": np.full(full, ranks, dtype=np.int64),
-        "finite": np.full(full, ranks, dtype=np.int64),
-        "top": np.zeros(full, dtype=np.int64),
-        "digits": digits,
-        "flags": np.zeros(full, dtype=np.uint8),
+        "sum_hi": cat("sum")[None, :] + ranks * k,  # exact: the relay's ranks each add k
+        "sum_lo": np.zeros(full),
         "min": cat("min")[None, :] + k,
         "max": cat("max")[None, :] + k,
-        "mean": cat("mean")[None, :] + k,
         "m2": np.broadcast_to(cat("m2"), full).copy(),
     }
 
@@ -209,7 +202,7 @@ def feed(endpoint: str, args: argparse.Namespace, root_pid: int) -> dict[str, An
             use_bin_type=True,
         )
         packed = np.empty((args.relays, len(steps) * args.metrics), dtype=ROW)
-        for name, _, _ in COLUMNS:
+        for name, _ in COLUMNS:
             packed[name] = cols[name]
         for k, s in enumerate(socks):
             s.send_multipart([header + seq[k].to_bytes(4, "little"), body, packed[k].tobytes()], copy=False)

@@ -35,6 +35,7 @@ class Roster:
         self.expected = expected
         self.by_identity: dict[bytes, Peer] = {}
         self.by_rank: dict[int, Peer] = {}
+        self.relayed: dict[int, int] = {}  # a node relay's rank -> the ranks joined behind it
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_identity.values())
@@ -63,4 +64,5 @@ class Roster:
 
     def all_joined(self) -> bool:
         """Every expected rank has joined (always true in a pool)."""
-        return self.expected is None or len(self.by_rank) >= self.expected
+        joined = len(self.by_rank) - len(self.relayed) + sum(self.relayed.values())
+        return self.expected is None or joined >= self.expected

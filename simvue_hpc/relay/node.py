@@ -4,10 +4,11 @@ The relay stands between the ranks of one node and the run's aggregator. To its 
 aggregator's side of the protocol (HELLO → WELCOME, GOODBYE → GOODBYE_ACK, FILE_REPLY routed back);
 upward it is one peer of the aggregator that sends:
 
-* PARTIALS instead of its ranks' METRICS: their points accumulated per (metric, step)
-  (``partials.accumulate``/``merge``) and flushed every flush interval, with ``through``, the step up
-  to which every live local rank that logs has sent everything (a rank's steps only grow), so the
-  aggregator's watermark treats the relay as one contributor whose progress is ``through + 1``;
+* PARTIALS instead of its ranks' METRICS: their points accumulated per (metric, step) with the
+  aggregator's own mergeable accumulators (``aggregator/accumulate.py``), flushed every flush
+  interval, with ``through``: the step up to which every live local rank that logs has sent
+  everything (a rank's steps only grow), so the aggregator's watermark treats the relay as one
+  contributor whose progress is ``through + 1``;
 * the ranks' events, status, run updates, folders, alerts and resources, unchanged (the relay is
   their sender), and their files (offers and chunks up, the aggregator's FILE_REPLY back to every
   local rank waiting for that checksum);
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..aggregator.accumulate import Partials, accumulate, merge
 from ..protocol import (
     AlertDefinition,
     AlertState,
@@ -48,7 +50,6 @@ from ..protocol import (
     Status,
     Welcome,
 )
-from .partials import Partials, accumulate, merge
 from .wire import PartialBatch
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class RelayCore:
 
     def flush(self) -> Out:
         """Everything accumulated so far as one PARTIALS (also sent empty: ``through`` may have moved)."""
-        rows = merge(self._pending)
+        rows = merge(*self._pending)
         self._pending = []
         names = list(self._names)
         contributors = {names[g]: len(ranks) for g, ranks in self._contributors.items()}

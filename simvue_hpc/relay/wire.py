@@ -14,33 +14,30 @@ from typing import Any
 import numpy as np
 
 from .. import protocol
+from ..aggregator.accumulate import Partials
 from ..errors import ProtocolError
 from ..protocol import Buffer, Message, MsgType
-from .partials import DIGITS, Partials
 
-# (column, dtype, values per row) in row order
-COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("metric", "<u4", 1),
-    ("step", "<i8", 1),
-    ("time_ns", "<i8", 1),
-    ("count", "<i8", 1),
-    ("finite", "<i8", 1),
-    ("top", "<i8", 1),
-    ("digits", "<i8", DIGITS),
-    ("flags", "u1", 1),
-    ("min", "<f8", 1),
-    ("max", "<f8", 1),
-    ("mean", "<f8", 1),
-    ("m2", "<f8", 1),
+# (column, dtype) in row order; ``key`` indexes the message's names
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("key", "<u4"),
+    ("step", "<i8"),
+    ("time_ns", "<i8"),
+    ("count", "<i8"),
+    ("sum_hi", "<f8"),
+    ("sum_lo", "<f8"),
+    ("min", "<f8"),
+    ("max", "<f8"),
+    ("m2", "<f8"),
 )
-# one payload frame of packed little-endian rows (101 bytes each): one frame per message, not one per
+# one payload frame of packed little-endian rows (68 bytes each): one frame per message, not one per
 # column, because a message's cost at the aggregator grows with its number of frames
-ROW = np.dtype([(name, dtype, (per_row,)) if per_row > 1 else (name, dtype) for name, dtype, per_row in COLUMNS])
+ROW = np.dtype(list(COLUMNS))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class PartialBatch(Message):
-    """Accumulators of one relay's ranks per (metric, step); ``partials.metric`` indexes ``names``.
+    """Accumulators of one relay's ranks per (metric, step); ``partials.key`` indexes ``names``.
 
     ``through``: every point of the relay's ranks for a step <= ``through`` (of any metric) is in this
     message or an earlier one. ``contributors``: per metric name, how many of the relay's ranks log it.
@@ -67,7 +64,7 @@ class PartialBatch(Message):
 
     def payload_frames(self) -> list[Buffer]:
         rows = np.empty(len(self.partials), dtype=ROW)
-        for name, _, _ in COLUMNS:
+        for name, _ in COLUMNS:
             rows[name] = getattr(self.partials, name)
         return [memoryview(rows.view(np.uint8))]  # type: ignore[arg-type]
 
@@ -101,13 +98,14 @@ class PartialBatch(Message):
         if nbytes != count * ROW.itemsize:
             raise ProtocolError(f"PARTIALS rows have {nbytes} bytes, expected {count} x {ROW.itemsize}")
         rows = np.frombuffer(extra[0], dtype=ROW)
-        cols = {name: rows[name] for name, _, _ in COLUMNS}
-        if count and int(cols["metric"].max()) >= len(names):
-            raise ProtocolError("PARTIALS.metric refers past the end of names")
-        if count and (int(cols["count"].min()) < 1 or bool((cols["finite"] > cols["count"]).any())):
-            raise ProtocolError("PARTIALS.count must be >= 1 and >= finite")
+        cols = {name: rows[name] for name, _ in COLUMNS}
+        if count and int(cols["key"].max()) >= len(names):
+            raise ProtocolError("PARTIALS.key refers past the end of names")
+        if count and int(cols["count"].min()) < 1:
+            raise ProtocolError("PARTIALS.count must be >= 1 in every row")
         native = {name: np.ascontiguousarray(col, dtype=col.dtype.newbyteorder("=")) for name, col in cols.items()}
-        native["metric"] = native["metric"].astype(np.int64)
+        native["key"] = native["key"].astype(np.int64)
+        native["arrived"] = np.zeros(count)  # the receiver's clock: set when it takes the rows
         return cls(names, through, dict(contributors), Partials(**native), ranks, dict(reductions))
 
     def __eq__(self, other: object) -> bool:
@@ -119,7 +117,7 @@ class PartialBatch(Message):
             == (other.through, other.contributors, other.ranks, other.reductions)
             and all(
                 np.array_equal(getattr(self.partials, name), getattr(other.partials, name), equal_nan=dtype[1] == "f")
-                for name, dtype, _ in COLUMNS
+                for name, dtype in COLUMNS
             )
         )
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simvue_hpc.aggregator.accumulate import accumulate
 from simvue_hpc.errors import ProtocolError, ProtocolVersionError, SimvueHPCError
 from simvue_hpc.protocol import (
     HEADER_SIZE,
@@ -42,7 +43,6 @@ from simvue_hpc.protocol import (
     decode_header,
     encode,
 )
-from simvue_hpc.relay.partials import accumulate
 from simvue_hpc.relay.wire import PartialBatch
 
 I64 = (-(2**63), 2**63 - 1)

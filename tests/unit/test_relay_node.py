@@ -17,7 +17,6 @@ from simvue_hpc.protocol import (
     Welcome,
 )
 from simvue_hpc.relay.node import INT64_MIN, UP, RelayCore
-from simvue_hpc.relay.partials import finalize
 from simvue_hpc.relay.wire import PartialBatch
 
 SHA = "c" * 64
@@ -62,9 +61,9 @@ def test_points_are_pre_reduced_and_through_follows_the_slowest_live_rank() -> N
     core.handle(b"b", _batch("loss", [0, 1], [10.0, 20.0]), 0.3)
     msg = _partials(core.flush())
     assert msg.through == 0 and msg.ranks == 2 and msg.contributors == {"loss": 2}
-    reduced = finalize(msg.partials)
-    assert reduced.step.tolist() == [0, 1] and reduced.sum.tolist() == [10.0, 20.0]  # rank 1's only: a's went before
-    assert reduced.count.tolist() == [1, 1]
+    rows = msg.partials
+    assert rows.step.tolist() == [0, 1] and rows.sum.tolist() == [10.0, 20.0]  # rank 1's only: a's went before
+    assert rows.count.tolist() == [1, 1]
 
 
 def test_goodbye_flushes_then_acknowledges_and_closed_ranks_stop_holding_back() -> None:

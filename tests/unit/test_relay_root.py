@@ -14,10 +14,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simvue_hpc.aggregator.accumulate import accumulate
 from simvue_hpc.aggregator.reduce import Reduction
 from simvue_hpc.aggregator.state import Action, AggregatorConfig, AggregatorState, AppendMetrics
 from simvue_hpc.protocol import Goodbye, Hello, MetricBatch, decode, encode
-from simvue_hpc.relay.partials import accumulate
 from simvue_hpc.relay.wire import PartialBatch
 
 OPS = ["mean", "min", "max", "sum", "std", "count"]
