@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..aggregator.accumulate import Partials, accumulate, merge
+from ..aggregator.accumulate import Partials, accumulate
 from ..protocol import (
     AlertDefinition,
     AlertState,
@@ -90,7 +90,7 @@ class RelayCore:
     _by_rank: dict[int, _Local] = field(default_factory=dict)
     _names: dict[str, int] = field(default_factory=dict)
     _contributors: dict[int, set[int]] = field(default_factory=dict)  # metric id -> local ranks
-    _pending: list[Partials] = field(default_factory=list)
+    _staged: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (metric id, step, time, value)
     _files: dict[str, list[bytes]] = field(default_factory=dict)  # sha256 -> local ranks waiting
     _reductions: dict[str, list[str]] = field(default_factory=dict)  # from HELLOs, not yet sent up
     _started: float = 0.0
@@ -190,7 +190,8 @@ class RelayCore:
         lut = np.array([self._names.setdefault(name, len(self._names)) for name in batch.names], dtype=np.int64)
         for i in np.flatnonzero(np.bincount(batch.name_id, minlength=len(batch.names))):
             self._contributors.setdefault(int(lut[i]), set()).add(peer.rank)
-        self._pending.append(accumulate(lut[batch.name_id], batch.step, batch.time_ns, batch.value))
+        # staged as they come, accumulated once per flush: a message costs an append, not a reduction
+        self._staged.append((lut[batch.name_id], batch.step, batch.time_ns, batch.value))
         peer.received_points += n
         peer.progress = max(peer.progress, int(batch.step.max()))
         return []
@@ -211,8 +212,11 @@ class RelayCore:
 
     def flush(self) -> Out:
         """Everything accumulated so far as one PARTIALS (also sent empty: ``through`` may have moved)."""
-        rows = merge(*self._pending)
-        self._pending = []
+        rows = Partials.empty()
+        if self._staged:
+            metric, step, time_ns, value = (np.concatenate(c) for c in zip(*self._staged, strict=True))
+            rows = accumulate(metric, step, time_ns, value)
+            self._staged = []
         names = list(self._names)
         contributors = {names[g]: len(ranks) for g, ranks in self._contributors.items()}
         reductions, self._reductions = self._reductions, {}
