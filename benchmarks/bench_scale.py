@@ -152,12 +152,15 @@ def run_c_job(
         str(out_csv),
     ]
     load_before = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=env["HOME"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sampler = Sampler(proc.pid)
     sampler.start()
     output, _ = proc.communicate()
     wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    job_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     sampler.stop()
     sampler.join()
     text = output.decode(errors="replace")
@@ -166,6 +169,7 @@ def run_c_job(
         "rc": proc.returncode,
         "wall": wall,
         "cpu": sampler.cpu,
+        "job_cpu": job_cpu,
         "hwm": sampler.hwm,
         "threads": sampler.threads,
         "rows": rows,
@@ -280,6 +284,7 @@ def part1(args: argparse.Namespace) -> int:
                 "steps_min": min(logged, default=0),
                 "wall": round(r["wall"], 2),
                 "sidecar_cpu_s": round(r["cpu"], 2),
+                "job_cpu_s": round(r["job_cpu"], 1),
                 "cpu_share": round(r["cpu"] / active, 3),
                 "peak_rss_mib": round(r["hwm"] / 2**20, 1),
                 "sidecar_threads": r["threads"],
@@ -292,7 +297,7 @@ def part1(args: argparse.Namespace) -> int:
                 f"connect p50 {res['connect_p50']:.3f} s "
                 f"max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s, wall {res['wall']} s, "
                 f"sidecar CPU {res['cpu_share'] * 100:.0f} % of a core ({res['sidecar_cpu_s']} s), peak RSS "
-                f"{res['peak_rss_mib']} MiB; records {check.get('records')}/{check.get('expected')}, exact "
+                f"{res['peak_rss_mib']} MiB; every process of the job {res['job_cpu_s']} CPU-s; records {check.get('records')}/{check.get('expected')}, exact "
                 f"{check.get('exact')}, late records {check.get('late_records')} ({check.get('late_points')} "
                 f"points), missing {check.get('missing')}, worst rel mean/std {check.get('worst_rel')}; "
                 f"load before {res['load_before']}"
