@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from .. import transport
+from ..config import HPCSettings
 from ..errors import ProtocolError
 from ..protocol import Goodbye, GoodbyeAck, Heartbeat, Hello, Message, Reject, Welcome, decode, encode
 from .node import UP, RelayCore
@@ -30,7 +31,6 @@ from .node import UP, RelayCore
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.1  # seconds between PARTIALS, unless the aggregator's WELCOME asks for longer
-HEARTBEAT_INTERVAL = 5.0
 TICK = 0.05
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -45,15 +45,23 @@ class RelayService:
     """Sockets and timing around one RelayCore."""
 
     def __init__(
-        self, upstream: str, secret: str, run_id: str, node: str, expected: int | None, connect_timeout: float = 30.0
+        self,
+        upstream: str,
+        secret: str,
+        run_id: str,
+        node: str,
+        expected: int | None,
+        settings: HPCSettings | None = None,
     ) -> None:
+        s = settings or HPCSettings()
+        self.heartbeat_interval = s.heartbeat_interval
         self.ctx = transport.context()
         self.up = transport.connect_dealer(self.ctx, upstream, sndhwm=10_000)
-        self.core = RelayCore(secret, node, expected, time.monotonic())
+        self.core = RelayCore(secret, node, expected, time.monotonic(), s.step_timeout, s.rank_timeout)
         self._seq = 0
         self._out_seq: dict[bytes, int] = {}
         self._send_up(Hello(secret, -1, 0, node, os.getpid(), "simvue_hpc-relay"))
-        welcome = self._await_welcome(connect_timeout)
+        welcome = self._await_welcome(s.connect_timeout)
         self.core.welcomed(welcome)
         path = relay_endpoint(run_id, node)[len("ipc://") :]
         if os.path.exists(path):
@@ -108,7 +116,7 @@ class RelayService:
         poller = transport.poller(*items)
         flush_every = max(FLUSH_INTERVAL, self.core.flush_interval)
         next_flush = time.monotonic() + flush_every
-        next_beat = time.monotonic() + HEARTBEAT_INTERVAL
+        next_beat = time.monotonic() + self.heartbeat_interval
         while not stop and not self.core.ended:
             events = dict(poller.poll(int(TICK * 1000)))
             now = time.monotonic()
@@ -140,7 +148,7 @@ class RelayService:
                 next_flush = now + flush_every
             if now >= next_beat:
                 self._send_up(Heartbeat(time.time_ns(), self.core.points(), 0))
-                next_beat = now + HEARTBEAT_INTERVAL
+                next_beat = now + self.heartbeat_interval
             if self.core.all_closed():
                 break
         return self.close()
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("SIMVUE_HPC_SECRET is not set", file=sys.stderr)
         return 2
-    service = RelayService(args.upstream, secret, args.run_id, args.node, args.expected)
+    settings = HPCSettings.load()  # the job's SIMVUE_HPC_* timing: step_timeout, rank_timeout, ...
+    service = RelayService(args.upstream, secret, args.run_id, args.node, args.expected, settings)
     print(f"READY {service.endpoint}", flush=True)
     return service.run(sys.stdin.fileno() if args.watch_stdin else None)
