@@ -268,6 +268,7 @@ def part1(args: argparse.Namespace) -> int:
             acked = sum(1 for x in rows if x["close_rc"] == "0" and x["done"] == "1")
             connect = sorted(float(x["connect_s"]) for x in rows)
             close = [float(x["close_s"]) for x in rows]
+            started = [float(x["start_s"]) + float(x["connect_s"]) for x in rows]  # after the first fork
             logged = [int(x["steps"]) for x in rows]
             active = max(r["wall"], 1e-9)
             res = {
@@ -281,6 +282,7 @@ def part1(args: argparse.Namespace) -> int:
                 "connect_p50": connect[len(connect) // 2] if connect else None,
                 "connect_max": max(connect, default=None),
                 "close_max": max(close, default=None),
+                "all_connected_after": round(max(started, default=0.0), 2),
                 "steps_min": min(logged, default=0),
                 "wall": round(r["wall"], 2),
                 "sidecar_cpu_s": round(r["cpu"], 2),
@@ -295,7 +297,9 @@ def part1(args: argparse.Namespace) -> int:
             print(
                 f"-- N={procs} nodes={nodes}{' (relays)' if res['relays'] else ''}: {acked}/{procs} acknowledged, "
                 f"connect p50 {res['connect_p50']:.3f} s "
-                f"max {res['connect_max']:.3f} s, close max {res['close_max']:.3f} s, wall {res['wall']} s, "
+                f"max {res['connect_max']:.3f} s, "
+                f"all connected {res['all_connected_after']} s after the first fork, "
+                f"close max {res['close_max']:.3f} s, wall {res['wall']} s, "
                 f"sidecar CPU {res['cpu_share'] * 100:.0f} % of a core ({res['sidecar_cpu_s']} s), peak RSS "
                 f"{res['peak_rss_mib']} MiB; every process of the job {res['job_cpu_s']} CPU-s; "
                 f"records {check.get('records')}/{check.get('expected')}, exact "

@@ -8,7 +8,7 @@
  * in binary so that sums over any number of ranks are exact and the stored reductions can be checked
  * bit for bit. The parent waits for every child and writes one CSV line per child to --out:
  *
- *     rank,connect_rc,close_rc,connect_s,close_s,log_s,steps,sent,dropped
+ *     rank,connect_rc,close_rc,start_s,connect_s,close_s,log_s,steps,sent,dropped,done
  *
  * usage: scale_driver --procs N --seconds D [--hz 10] [--metrics 10] [--nodes K] --out FILE
  * Run it under `simvue-hpc run --ranks N -- scale_driver ...` (the sidecar hosts the run).
@@ -33,6 +33,7 @@
 typedef struct {
     int connect_rc;
     int close_rc;
+    double start_s; /* when this child started, after the parent's first fork */
     double connect_s;
     double close_s;
     double log_s;
@@ -62,7 +63,10 @@ static double value(long rank, long metric, long step) {
     return (double)((rank * 31 + metric * 17 + step * 7) % 1024) * 0.25 - 100.0;
 }
 
+static double t_first_fork;
+
 static int child(long rank, long procs, long nodes, double seconds, double hz, int metrics, result *out) {
+    out->start_s = now_s() - t_first_fork;
     char buf[64];
     snprintf(buf, sizeof buf, "%ld", rank);
     setenv("OMPI_COMM_WORLD_RANK", buf, 1);
@@ -143,6 +147,7 @@ int main(int argc, char **argv) {
     }
     memset(res, 0, sizeof(result) * (size_t)procs);
     pid_t *pids = calloc((size_t)procs, sizeof *pids);
+    t_first_fork = now_s();
     for (long r = 0; r < procs; ++r) {
         pid_t pid = fork();
         if (pid < 0) {
@@ -170,11 +175,11 @@ int main(int argc, char **argv) {
         perror(out_path);
         return 1;
     }
-    fprintf(f, "rank,connect_rc,close_rc,connect_s,close_s,log_s,steps,sent,dropped,done\n");
+    fprintf(f, "rank,connect_rc,close_rc,start_s,connect_s,close_s,log_s,steps,sent,dropped,done\n");
     for (long r = 0; r < procs; ++r)
-        fprintf(f, "%ld,%d,%d,%.6f,%.6f,%.6f,%ld,%llu,%llu,%d\n", r, res[r].connect_rc, res[r].close_rc,
-                res[r].connect_s, res[r].close_s, res[r].log_s, res[r].steps, (unsigned long long)res[r].sent,
-                (unsigned long long)res[r].dropped, res[r].done);
+        fprintf(f, "%ld,%d,%d,%.6f,%.6f,%.6f,%.6f,%ld,%llu,%llu,%d\n", r, res[r].connect_rc, res[r].close_rc,
+                res[r].start_s, res[r].connect_s, res[r].close_s, res[r].log_s, res[r].steps,
+                (unsigned long long)res[r].sent, (unsigned long long)res[r].dropped, res[r].done);
     fclose(f);
     free(pids);
     return failed ? 1 : 0;
