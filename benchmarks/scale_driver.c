@@ -3,7 +3,8 @@
  *
  * The parent forks N children. Child r plays MPI rank r of a world of N (OMPI_COMM_WORLD_RANK/SIZE,
  * and SIMVUE_HPC_NODE = "node<r / ranks_per_node>" when --nodes K > 0), then, as a user's rank would:
- * svh_connect_env, `steps` x svh_log_many of `metrics` values at `hz`, svh_close. Each value is a
+ * svh_connect_env, waits until every rank is connected (as ranks leave MPI_Init together; a failed
+ * connect counts too), then `steps` x svh_log_many of `metrics` values at `hz`, svh_close. Each value is a
  * deterministic function of (rank, metric, step) (value() below, mirrored in bench_scale.py), exact
  * in binary so that sums over any number of ranks are exact and the stored reductions can be checked
  * bit for bit. The parent waits for every child and writes one CSV line per child to --out:
@@ -64,6 +65,7 @@ static double value(long rank, long metric, long step) {
 }
 
 static double t_first_fork;
+static volatile long *connected; /* shared: how many children have connected (the "MPI_Init" barrier) */
 
 static int child(long rank, long procs, long nodes, double seconds, double hz, int metrics, result *out) {
     out->start_s = now_s() - t_first_fork;
@@ -93,9 +95,17 @@ static int child(long rank, long procs, long nodes, double seconds, double hz, i
     svh_client *h = svh_connect_env_ex(-1, reductions, NULL);
     out->connect_s = now_s() - t0;
     if (!h) {
+        __atomic_add_fetch(connected, 1, __ATOMIC_SEQ_CST);
         out->connect_rc = svh_last_error_code();
         fprintf(stderr, "rank %ld: connect failed: %s\n", rank, svh_last_error());
         return 1;
+    }
+    /* as an MPI code's ranks leave MPI_Init together: wait (at most 300 s) until every rank is connected */
+    __atomic_add_fetch(connected, 1, __ATOMIC_SEQ_CST);
+    double wait_until = now_s() + 300;
+    while (__atomic_load_n(connected, __ATOMIC_SEQ_CST) < procs && now_s() < wait_until) {
+        struct timespec ts = {0, 10000000L};
+        nanosleep(&ts, NULL);
     }
     long steps = (long)(seconds * hz + 0.5);
     double start = now_s();
@@ -146,6 +156,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     memset(res, 0, sizeof(result) * (size_t)procs);
+    connected = mmap(NULL, sizeof(long), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (connected == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    *connected = 0;
     pid_t *pids = calloc((size_t)procs, sizeof *pids);
     t_first_fork = now_s();
     for (long r = 0; r < procs; ++r) {
