@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import socket
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -27,18 +25,12 @@ from ..config import HPCSettings
 from ..errors import ProtocolError
 from ..protocol import Goodbye, GoodbyeAck, Heartbeat, Hello, Message, Reject, Welcome, decode, encode
 from .node import UP, RelayCore
+from .placement import NODE_VAR, node_name, relay_endpoint
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.1  # seconds between PARTIALS, unless the aggregator's WELCOME asks for longer
 TICK = 0.05
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def relay_endpoint(run_id: str, node: str) -> str:
-    """The ipc endpoint of ``node``'s relay for run ``run_id`` (the C client derives the same)."""
-    name = f"simvue_hpc-{run_id}-{_SAFE.sub('_', node)}.sock"
-    return f"ipc://{os.path.join(tempfile.gettempdir(), name)}"
 
 
 class RelayService:
@@ -66,7 +58,7 @@ class RelayService:
         path = relay_endpoint(run_id, node)[len("ipc://") :]
         if os.path.exists(path):
             os.unlink(path)  # a stale socket of a relay that died
-        self.down, self.endpoint = transport.bind_router(self.ctx, "ipc", f"{run_id}-{_SAFE.sub('_', node)}")
+        self.down, self.endpoint = transport.bind_router(self.ctx, "ipc", f"{run_id}-{node_name({NODE_VAR: node})}")
 
     def _send_up(self, msg: Message) -> None:
         transport.send(self.up, encode(msg, self._seq), block=True)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import tempfile
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from simvue_hpc.errors import ConfigurationError
 from simvue_hpc.protocol import (
     Event,
     FileOffer,
@@ -17,6 +22,7 @@ from simvue_hpc.protocol import (
     Welcome,
 )
 from simvue_hpc.relay.node import INT64_MIN, UP, RelayCore
+from simvue_hpc.relay.placement import attach_endpoint, relay_endpoint
 from simvue_hpc.relay.wire import PartialBatch
 
 SHA = "c" * 64
@@ -104,3 +110,19 @@ def test_files_go_up_and_replies_come_back_to_the_waiting_rank() -> None:
     assert core.from_aggregator(FileReply(SHA, "stored")) == []
     assert core.from_aggregator(Notice("abort", "stop")) == [(b"a", Notice("abort", "stop"))]
     assert core.handle(b"zz", _batch("x", [0], [1.0]), 0.2) == [(b"zz", Reject("send HELLO first"))]
+
+
+def test_where_a_rank_connects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {"SIMVUE_HPC_NODE": "node 7/a"}
+    assert attach_endpoint(env, "tcp://agg:1", "run1") == "tcp://agg:1"  # flat by default
+    relay = f"ipc://{tmp_path}/simvue_hpc-run1-node_7_a.sock"
+    assert attach_endpoint({**env, "SIMVUE_HPC_HIERARCHY": "node"}, "tcp://agg:1", "run1") == relay
+    auto = {**env, "SIMVUE_HPC_HIERARCHY": "auto"}
+    assert attach_endpoint(auto, "tcp://agg:1", "run1") == "tcp://agg:1"  # no relay socket: flat
+    (tmp_path / "simvue_hpc-run1-node_7_a.sock").touch()
+    assert attach_endpoint(auto, "tcp://agg:1", "run1") == relay == relay_endpoint("run1", "node 7/a")
+    with pytest.raises(ConfigurationError, match="SIMVUE_HPC_HIERARCHY"):
+        attach_endpoint({"SIMVUE_HPC_HIERARCHY": "tree"}, "tcp://agg:1", "run1")
+    with pytest.raises(ConfigurationError, match="SIMVUE_HPC_RUN_ID"):
+        attach_endpoint({"SIMVUE_HPC_HIERARCHY": "node"}, "tcp://agg:1", "")
