@@ -86,6 +86,7 @@ class RelayCore:
     run_id: str = ""
     run_name: str = ""
     flush_interval: float = 0.0  # the aggregator's budget for this relay, from its WELCOME
+    message_budget: float = 1000.0  # METRICS messages per second this relay takes from its ranks
     _locals: dict[bytes, _Local] = field(default_factory=dict)
     _by_rank: dict[int, _Local] = field(default_factory=dict)
     _names: dict[str, int] = field(default_factory=dict)
@@ -181,7 +182,12 @@ class RelayCore:
         self._locals[identity] = peer
         self._by_rank[msg.rank] = peer
         self._reductions.update(msg.reductions)
-        return [(identity, Welcome(msg.rank, self.run_id, self.run_name, self.flush_interval))]
+        return [(identity, Welcome(msg.rank, self.run_id, self.run_name, self.rank_flush_interval()))]
+
+    def rank_flush_interval(self) -> float:
+        """The ranks' share of this relay's message budget (at least the aggregator's interval)."""
+        ranks = max(self.expected or 0, len(self._by_rank) + 1)
+        return max(self.flush_interval, ranks / self.message_budget)
 
     def _metrics(self, peer: _Local, batch: MetricBatch) -> Out:
         n = len(batch.value)

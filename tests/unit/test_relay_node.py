@@ -50,7 +50,7 @@ def _partials(out: list) -> PartialBatch:
 def test_ranks_are_welcomed_into_the_run_with_the_aggregators_budget() -> None:
     core = _core()
     out = core.handle(b"a", Hello("s", 3, 8, "h", 1, "c", {"x": ["sum"]}), 0.0)
-    assert out == [(b"a", Welcome(3, "run-id", "run-name", 0.5))]
+    assert out == [(b"a", Welcome(3, "run-id", "run-name", 0.5))]  # the aggregator's interval: longer than 2 / 1000 s
     assert core.handle(b"b", Hello("wrong", 4, 8, "h", 2, "c"), 0.0)[0][1] == Reject("wrong secret for this run")
     assert isinstance(core.handle(b"c", Hello("s", -1, 0, "h", 3, "c"), 0.0)[0][1], Reject)
     assert isinstance(core.handle(b"d", Hello("s", 3, 8, "h", 4, "c"), 0.0)[0][1], Reject)  # rank 3 is live
@@ -126,3 +126,10 @@ def test_where_a_rank_connects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         attach_endpoint({"SIMVUE_HPC_HIERARCHY": "tree"}, "tcp://agg:1", "run1")
     with pytest.raises(ConfigurationError, match="SIMVUE_HPC_RUN_ID"):
         attach_endpoint({"SIMVUE_HPC_HIERARCHY": "node"}, "tcp://agg:1", "")
+
+
+def test_the_relays_ranks_share_its_message_budget() -> None:
+    core = RelayCore("s", "n", 500, now=0.0, message_budget=1000.0)
+    core.welcomed(Welcome(9, "r", "r", 0.05))
+    welcome = core.handle(b"a", Hello("s", 0, 500, "h", 1, "c"), 0.0)[0][1]
+    assert isinstance(welcome, Welcome) and welcome.flush_interval == 0.5  # 500 ranks, 1000 messages/s
