@@ -27,6 +27,15 @@ for (( k = 0; k < ${#pids[@]}; k++ )); do   # each relay says READY once bound
 done
 SIMVUE_HPC_HIERARCHY=node "$@"
 rc=$?
+# each relay ends once its node's ranks have closed; one whose ranks never all came is told to end
+# (SIGTERM: it flushes, says goodbye) after 10 s
+for (( i = 0; i < 100; i++ )); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.1
+done
+for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
 for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
 rm -rf "$dir"
 exit $rc
