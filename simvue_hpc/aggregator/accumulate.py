@@ -171,9 +171,17 @@ def _segment_sum(v: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[
         mat = np.full((len(starts), longest), -0.0)
         mat[np.repeat(np.arange(len(starts)), sizes), within] = v
         mhi, mlo = mat, np.zeros_like(mat)
+        first = True
         while mhi.shape[1] > 1:
             half = mhi.shape[1] // 2
-            h, low = _dd_add(mhi[:, :half], mlo[:, :half], mhi[:, half : 2 * half], mlo[:, half : 2 * half])
+            if first:  # plain values: their two_sum is already a normalised double-double
+                with np.errstate(invalid="ignore", over="ignore"):
+                    h, low = _two_sum(mhi[:, :half], mhi[:, half : 2 * half])
+                if not np.isfinite(h).all():
+                    low = np.where(np.isfinite(h), low, 0.0)
+                first = False
+            else:
+                h, low = _dd_add(mhi[:, :half], mlo[:, :half], mhi[:, half : 2 * half], mlo[:, half : 2 * half])
             if mhi.shape[1] % 2:
                 h = np.hstack([h, mhi[:, 2 * half :]])
                 low = np.hstack([low, mlo[:, 2 * half :]])

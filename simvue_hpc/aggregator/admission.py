@@ -79,7 +79,7 @@ class Admission:
         """The shortest interval at which a rank may send METRICS, so that all ranks together stay within
         ``message_rate_budget``: the world size shares it, or in a pool the ranks live now. 0.0 (the
         rank's own default) when that default is already slower."""
-        ranks = self._expected or sum(1 for _ in self._roster.live())
+        ranks = self._expected or self._roster.live_count
         interval = ranks / self._settings.message_rate_budget
         return interval if interval > self._settings.flush_interval else 0.0
 
@@ -103,7 +103,7 @@ class Admission:
             full = len(self._roster.by_rank) >= cap
         else:
             cap, bound = self._settings.max_peers, "max_peers"
-            full = sum(1 for _ in self._roster.live()) >= cap
+            full = self._roster.live_count >= cap
         if not full:
             return False
         self._counters["peers_refused"] += 1

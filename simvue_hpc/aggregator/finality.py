@@ -16,7 +16,8 @@ step already final is *late*: it is reduced among the late points and stored as 
 How: arriving points are staged as they come and folded once, at the next :meth:`StepFinality.reduce`,
 into the open groups: running accumulators per (metric, step) (:mod:`.accumulate`) for metrics of
 several ranks; the points themselves for a metric of one rank (stored as logged) and for ``per_rank``
-metrics. No point is looked at again until its step is final; then its group is stored and released.
+metrics. Each point is folded once; what later folds and ticks look at are the open groups (one per
+(metric, step), whatever the number of ranks). A group is stored and released as soon as it is final.
 Watermarks follow the ranks' progress: the smallest progress among live ranks is a lazily cleaned heap,
 and each metric counts its live contributors, so a metric logged by every live rank (the usual case) is
 final up to that minimum, found in O(1) amortised.
@@ -93,6 +94,7 @@ class StepFinality:
         self._heap: list[tuple[int, int]] = []  # (progress, rank), stale entries removed lazily
         self._rank_metrics: dict[int, set[int]] = {}
         self._late_groups: list[Partials] = []  # relays' rows that came after their step was stored
+        self._names: dict[int, tuple[list[str], np.ndarray, np.ndarray, bool]] = {}  # see _names_of
 
     # ------------------------------------------------------------------------------------------ ranks
     def joined(self, rank: int) -> None:
@@ -111,6 +113,7 @@ class StepFinality:
             heapq.heappush(self._heap, (self._progress.get(rank, INT64_MIN), rank))
         else:
             self._live.discard(rank)
+            self._names.pop(rank, None)
         for gid in self._rank_metrics.get(rank, ()):
             self._by_gid[gid].live_contributors += delta
 
@@ -138,22 +141,21 @@ class StepFinality:
         """Take a rank's batch of points; they wait, staged, until the next :meth:`reduce` folds them."""
         if len(batch.value) == 0:
             return
-        used = np.bincount(batch.name_id, minlength=len(batch.names)) > 0
-        lut = np.full(len(batch.names), -1, dtype=np.int64)
-        for i, name in enumerate(batch.names):
-            if not used[i]:
-                continue
-            metric = self._metric(name, now)
-            if metric is None:
-                continue
-            lut[i] = metric.gid
-            if rank not in metric.contributors:
-                self._contribute(metric, rank)
-        gid = lut[batch.name_id]
-        step = batch.step.astype(np.int64)
-        step_ok = (step > INT64_MIN) & (step < INT64_MAX)
-        keep = step_ok & (gid >= 0)
-        if not keep.all():
+        lut, contributed, capped = self._names_of(rank, batch.names, now)
+        name_id = batch.name_id
+        if not contributed[name_id].all():
+            for i in np.unique(name_id[~contributed[name_id]]).tolist():
+                if lut[i] >= 0:
+                    self._contribute(self._by_gid[int(lut[i])], rank)
+                    contributed[i] = True
+        gid = lut[name_id]
+        step = np.asarray(batch.step, dtype=np.int64)
+        time_ns = np.asarray(batch.time_ns, dtype=np.int64)
+        value = np.asarray(batch.value, dtype=np.float64)
+        low, top = int(step.min()), int(step.max())
+        if capped or low == INT64_MIN or top == INT64_MAX:
+            step_ok = (step > INT64_MIN) & (step < INT64_MAX)
+            keep = step_ok & (gid >= 0)
             self._over_bound(
                 "max_metrics",
                 f"the run has {self._max_metrics} distinct metric names (the max_metrics bound): "
@@ -166,24 +168,26 @@ class StepFinality:
                 "points at those limits are dropped",
                 int(np.count_nonzero(~step_ok)),
             )
-        if step_ok.any():
-            top = int(step[step_ok].max())
-            if top > self._progress.get(rank, INT64_MIN):
-                self._progress[rank] = top
-                if rank in self._live:
-                    heapq.heappush(self._heap, (top, rank))
-        if not keep.any():
-            return
-        ranks = np.full(len(step), rank, dtype=np.int64)
-        cols: tuple[np.ndarray, ...] = (
-            gid,
-            step,
-            ranks,
-            batch.time_ns.astype(np.int64),
-            batch.value.astype(np.float64),
-        )
-        self._staged.append(cols if keep.all() else tuple(c[keep] for c in cols))
-        self._staged_at.append(now)
+            top = int(step[step_ok].max()) if step_ok.any() else INT64_MIN
+            gid, step, time_ns, value = gid[keep], step[keep], time_ns[keep], value[keep]
+        if top > self._progress.get(rank, INT64_MIN):
+            self._progress[rank] = top
+            if rank in self._live:
+                heapq.heappush(self._heap, (top, rank))
+        if len(gid):
+            self._staged.append((gid, step, np.full(len(step), rank, dtype=np.int64), time_ns, value))
+            self._staged_at.append(now)
+
+    def _names_of(self, rank: int, names: list[str], now: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        """For a rank's list of names (the same list message after message): each name's metric id (-1
+        past ``max_metrics``), whether the rank already contributes to it, and whether any is past the cap."""
+        cached = self._names.get(rank)
+        if cached is None or cached[0] != names:
+            metrics = [self._metric(name, now) for name in names]
+            lut = np.array([-1 if m is None else m.gid for m in metrics], dtype=np.int64)
+            contributed = np.array([m is not None and rank in m.contributors for m in metrics], dtype=bool)
+            cached = self._names[rank] = (list(names), lut, contributed, bool((lut < 0).any()))
+        return cached[1], cached[2], cached[3]
 
     def ingest_partials(self, relay: int, batch: PartialBatch, now: float) -> int:
         """A node relay's accumulators: merged into the open groups as its ranks' points would be folded;
@@ -349,21 +353,26 @@ class StepFinality:
         if not self._staged:
             return
         gid, step, rank, t_ns, value = _concat(self._staged)
-        arrived = np.repeat(np.array(self._staged_at), [len(c[0]) for c in self._staged])
+        # One arrival time for the fold, its oldest batch's: a group may be forced out at most one
+        # tick early, and the points need no column of their own.
+        arrived = min(self._staged_at)
         self._staged, self._staged_at = [], []
         late = step <= self._final_step[gid]
         if late.any():
             self._counters["late_points"] += int(late.sum())
             self._emit_points(gid[late], step[late], rank[late], t_ns[late], value[late], out, late=True)
             keep = ~late
-            gid, step, rank, t_ns, value, arrived = (c[keep] for c in (gid, step, rank, t_ns, value, arrived))
+            gid, step, rank, t_ns, value = (c[keep] for c in (gid, step, rank, t_ns, value))
         reduced = self._mode[gid] == REDUCED
-        if reduced.any():
-            fresh = accumulate(gid[reduced], step[reduced], t_ns[reduced], value[reduced], arrived[reduced])
-            self._open = merge(self._open, fresh)
-        if not reduced.all():
+        if reduced.all():
+            self._open = merge(self._open, accumulate(gid, step, t_ns, value, arrived))
+        else:
+            if reduced.any():
+                fresh = accumulate(gid[reduced], step[reduced], t_ns[reduced], value[reduced], arrived)
+                self._open = merge(self._open, fresh)
             kept = ~reduced
-            self._keep_raw(gid[kept], step[kept], rank[kept], t_ns[kept], value[kept], arrived[kept])
+            n = int(np.count_nonzero(kept))
+            self._keep_raw(gid[kept], step[kept], rank[kept], t_ns[kept], value[kept], np.full(n, arrived))
         self._cap_open_steps()
 
     def _keep_raw(self, gid: np.ndarray, *cols: np.ndarray) -> None:

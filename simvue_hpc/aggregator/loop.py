@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,13 +23,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
 from .. import transport
 from ..config import HPCSettings, ServerSettings
-from ..errors import ProtocolError, StoreError, TransportError
+from ..errors import ProtocolError, StoreError, StoreFull, TransportError
 from ..protocol import GoodbyeAck, Reject, decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
@@ -60,7 +61,7 @@ class AggregatorSpec:
         """The spec as one JSON line for the child process (it holds the secret and the token)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["settings"] = self.settings.to_dict()
-        data["server"] = None if self.server is None else asdict(self.server)
+        data["server"] = None if self.server is None else self.server.to_dict()
         return json.dumps(data)
 
     @classmethod
@@ -68,7 +69,7 @@ class AggregatorSpec:
         """The inverse of :meth:`to_json`; the settings are validated again."""
         data = json.loads(text)
         data["settings"] = HPCSettings(**data["settings"])
-        data["server"] = None if data["server"] is None else ServerSettings(**data["server"])
+        data["server"] = None if data["server"] is None else ServerSettings.from_dict(data["server"])
         return cls(**data)
 
 
@@ -84,6 +85,7 @@ class AggregatorService:
         self._store: RunWriter | None = None
         self._sinks: dict[str, FileSink] = {}
         self._out_seq: dict[bytes, int] = {}
+        self._store_full = False  # the disk under the store is full: the run keeps nothing more
         self.endpoint = ""
         self.status: str | None = None
         self._hostname = socket.gethostname()
@@ -183,15 +185,20 @@ class AggregatorService:
                 if now >= next_tick:
                     self._perform(state, state.tick(now))
                     next_tick = state.next_deadline(now)
-                    self._store.flush()
+                    self._write(state, self._store.flush)
                 if now >= sync_at:
-                    self._store.sync()
+                    self._write(state, self._store.sync)
                     sync_at = now + SYNC_INTERVAL
                     self._check_local_ranks(state)
         finally:
             for sink in self._sinks.values():
                 sink.abort()
-            self._store.close()
+            try:
+                self._store.close()
+            except (StoreError, OSError) as exc:
+                if not _disk_full(exc):
+                    raise
+                log.error("the run's last records could not be written: %s", exc)
             transport.close(self._sock, linger_ms=200)
             self._ctx.term()
             if self._upload is not None:
@@ -225,11 +232,19 @@ class AggregatorService:
         assert self._store is not None
         for action in actions:
             if isinstance(action, AppendMetrics):
-                self._store.append_metrics(
-                    action.names, action.name_id, action.step, action.time_us, action.value, late=action.late
-                )
+                if not self._store_full:
+                    self._write(
+                        state,
+                        self._store.append_metrics,
+                        action.names,
+                        action.name_id,
+                        action.step,
+                        action.time_us,
+                        action.value,
+                        action.late,
+                    )
             elif isinstance(action, Append):
-                self._store.append(action.type, action.payload)
+                self._write(state, self._store.append, action.type, action.payload)
             elif isinstance(action, Reply):
                 seq = self._out_seq.pop(action.identity, 0)
                 if not isinstance(action.message, (Reject, GoodbyeAck)):  # the link's last word: forget it
@@ -244,8 +259,29 @@ class AggregatorService:
             elif isinstance(action, Finish):
                 self.status = action.status
 
+    def _write(self, state: AggregatorState, write: Callable[..., Any], *args: Any) -> None:
+        """One write to the store; a full disk stops the run (once) instead of ending the loop."""
+        try:
+            write(*args)
+            return
+        except (StoreError, OSError) as exc:
+            if not _disk_full(exc):
+                raise
+            why = str(exc)
+        self._disk_is_full(state, why)  # outside the handler: the failed write's frames are gone
+
+    def _disk_is_full(self, state: AggregatorState, why: str) -> None:
+        if not self._store_full:
+            self._store_full = True
+            log.error("%s: the run stops accepting data", why)
+            self._perform(state, state.stop("disk full", self._clock()))
+
     def _file_write(self, state: AggregatorState, action: FileWrite) -> None:
         assert self._store is not None
+        if self._store_full:
+            self._sinks.pop(action.sha256, None)
+            self._perform(state, state.file_done(action.sha256, False, "disk full"))
+            return
         try:
             sink = self._sinks.get(action.sha256)
             if sink is None:
@@ -255,11 +291,26 @@ class AggregatorService:
                 return
             del self._sinks[action.sha256]
             sink.commit()
-        except (StoreError, ValueError) as exc:
+        except (StoreError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and not _disk_full(exc):
+                raise
             self._sinks.pop(action.sha256, None)
-            self._perform(state, state.file_done(action.sha256, False, str(exc)))
+            why, full = str(exc), _disk_full(exc)
+        else:
+            self._perform(state, state.file_done(action.sha256, True))
             return
-        self._perform(state, state.file_done(action.sha256, True))
+        self._perform(state, state.file_done(action.sha256, False, why))
+        if full:
+            self._disk_is_full(state, why)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """The store's disk (or quota) is full: StoreFull, or ENOSPC/EDQUOT (itself or as the cause)."""
+    if isinstance(exc, StoreFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return exc is not None and _disk_full(exc.__cause__)
 
 
 def _pid_alive(pid: int) -> bool:

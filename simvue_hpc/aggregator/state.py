@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..alerts import AlertEvaluator, Transition
 from ..config import HPCSettings
 from ..protocol import (
@@ -66,6 +64,7 @@ COUNTERS = (
     "protocol_errors",
     "points_over_bounds",  # dropped past a bound: max_metrics, max_open_steps, the step range
     "peers_refused",  # ranks refused past peer_margin / max_peers
+    "points_after_stop",  # arrived after the run stopped accepting data (a full disk)
 )
 
 _Handler = Callable[[Peer, Any, float, list[Action]], None]
@@ -104,6 +103,8 @@ class AggregatorState:
         self._close_deadline: float | None = None  # None: not closing
         self.finished = False
         self.aborted: str | None = None
+        self.stopped: str | None = None  # why the run no longer accepts data
+        self._silence_due = now
         self._live = LiveRanks(self._settings.heartbeat_interval, now)
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
@@ -135,10 +136,13 @@ class AggregatorState:
         if peer is None:
             self._admission.stranger(identity, out)
             return out
-        self._sequence(peer, seq, out)
+        gap = peer.sequence(seq)
+        if gap:
+            self.counters["messages_lost"] += gap
+            self._event(f"{gap} message(s) from rank {peer.rank} on {peer.host} lost in transit", "warning", out)
         peer.last_seen = now
         if peer.state == LOST:
-            peer.state = LIVE
+            self._roster.set_state(peer, LIVE)
             self._record_rank(peer, "joined", out, returned=True)
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
             self._live_changed(peer)
@@ -215,14 +219,29 @@ class AggregatorState:
         out.extend(Reply(peer.identity, Notice("abort", reason)) for peer in self._roster.live())
         return out
 
+    def stop(self, reason: str, now: float) -> list[Action]:
+        """The run can keep nothing more (the store's disk is full): it fails with ``reason``, every rank
+        is told (``Notice("stopped")``: its next call raises), later points are dropped and counted, and
+        the run closes once the ranks have said goodbye."""
+        if self.stopped is not None or self.finished:
+            return []
+        self.stopped = reason
+        log.error("the run stopped accepting data: %s", reason)
+        out = self.set_status("failed", reason)
+        out.extend(Reply(peer.identity, Notice("stopped", reason)) for peer in self._roster.live())
+        self.begin_close(now)
+        return out
+
     def tick(self, now: float) -> list[Action]:
         """Timers: lost ranks, final steps, alerts, resources, the end of the run."""
         out: list[Action] = []
         if self.finished:
             return out
-        for peer in list(self._roster.live()):
-            if now - peer.last_seen > self._settings.rank_timeout:
-                self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
+        if now >= self._silence_due:  # a scan of the ranks, a few times per rank_timeout
+            self._silence_due = now + min(1.0, self._settings.rank_timeout / 10)
+            for peer in list(self._roster.live()):
+                if now - peer.last_seen > self._settings.rank_timeout:
+                    self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
         self._store_final(now, out, final=False)
         self._record_live(now, out)
         for transition in self._alerts.evaluate(self._wall_ns() // 1000):
@@ -232,7 +251,7 @@ class AggregatorState:
             if rolled is not None:
                 self._series(rolled[1], rolled[0], out)
         if self._close_deadline is not None:
-            done = not any(True for _ in self._roster.live()) and self._roster.all_joined()
+            done = self._roster.live_count == 0 and self._roster.all_joined()
             if done or now >= self._close_deadline:
                 self._finish(now, out)
         return out
@@ -292,19 +311,17 @@ class AggregatorState:
         out.append(Reply(identity, welcome))
         if self.aborted is not None:
             out.append(Reply(identity, Notice("abort", self.aborted)))
+        if self.stopped is not None:
+            out.append(Reply(identity, Notice("stopped", self.stopped)))
         self._live_changed(peer)
-
-    def _sequence(self, peer: Peer, seq: int, out: list[Action]) -> None:
-        gap = (seq - peer.next_seq) & 0xFFFFFFFF
-        if gap and gap < 0x80000000:
-            self.counters["messages_lost"] += gap
-            self._event(f"{gap} message(s) from rank {peer.rank} on {peer.host} lost in transit", "warning", out)
-        peer.next_seq = (seq + 1) & 0xFFFFFFFF
 
     def _on_metrics(self, peer: Peer, batch: MetricBatch, now: float, out: list[Action]) -> None:
         n = len(batch.value)
         peer.received_points += n
         self.counters["points_received"] += n
+        if self.stopped is not None:
+            self.counters["points_after_stop"] += n
+            return
         self._steps.ingest(peer.rank, batch, now)
 
     def _on_partials(self, peer: Peer, batch: PartialBatch, now: float, out: list[Action]) -> None:
@@ -334,7 +351,7 @@ class AggregatorState:
         if peer.state == CLOSED:  # a repeated goodbye: acknowledge again, count nothing twice
             out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
             return
-        peer.state = CLOSED
+        self._roster.set_state(peer, CLOSED)
         peer.sent_points = msg.sent_points
         peer.dropped_points = msg.dropped_points
         self.counters["dropped_points"] += msg.dropped_points
@@ -422,7 +439,7 @@ class AggregatorState:
         out.append(Append(RecordType.EVENT, {**payload, "level": level}))
 
     def _lose(self, peer: Peer, why: str, out: list[Action]) -> None:
-        peer.state = LOST
+        self._roster.set_state(peer, LOST)
         self._record_rank(peer, "lost", out)
         self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
         self._files.forget(peer.identity, out)
@@ -440,15 +457,7 @@ class AggregatorState:
 
     def _series(self, values: dict[str, float], step: int, out: list[Action]) -> None:
         """One point per name at ``step``, now: the aggregator's own metrics (live ranks, resources)."""
-        n = len(values)
-        action = AppendMetrics(
-            names=list(values),
-            name_id=np.arange(n, dtype=np.uint32),
-            step=np.full(n, step, dtype=np.int64),
-            time_us=np.full(n, self._wall_ns() // 1000, dtype=np.int64),
-            value=np.array(list(values.values()), dtype=np.float64),
-        )
-        self._append_metrics(action, out)
+        self._append_metrics(AppendMetrics.series(values, step, self._wall_ns() // 1000), out)
 
     def _live_changed(self, peer: Peer) -> None:
         self._steps.set_live(peer.rank, peer.state == LIVE)
@@ -456,7 +465,7 @@ class AggregatorState:
 
     def _record_live(self, now: float, out: list[Action], final: bool = False) -> None:
         several = (self.config.expected_ranks or 0) > 1 or len(self._roster.by_rank) > 1
-        point = self._live.take(now, sum(1 for _ in self._roster.live()), several, final)
+        point = self._live.take(now, self._roster.live_count, several, final)
         if point is not None:
             self._series({LIVE_RANKS: point[1]}, point[0], out)
 
@@ -477,15 +486,12 @@ class AggregatorState:
     def _finish(self, now: float, out: list[Action]) -> None:
         self._store_final(now, out, final=True)
         self._record_live(now, out, final=True)
-        missing = sorted(p.rank for p in self._roster.live())
+        missing, never = self._roster.unfinished()
         for rank in missing:
             self._record_rank(self._roster.by_rank[rank], "missing", out)
-        never = []
-        if self.config.expected_ranks is not None and not self._roster.all_joined():
-            never = [r for r in range(self.config.expected_ranks) if r not in self._roster.by_rank]
-            for rank in never:
-                payload = {"rank": rank, "host": None, "pid": None, "state": "missing"}
-                out.append(Append(RecordType.RANK, {**payload, "time_us": self._wall_ns() // 1000, "joined": False}))
+        for rank in never:
+            payload = {"rank": rank, "host": None, "pid": None, "state": "missing"}
+            out.append(Append(RecordType.RANK, {**payload, "time_us": self._wall_ns() // 1000, "joined": False}))
         lost = sorted(p.rank for p in self._roster if p.state == LOST)
         if missing or never:
             self._event(f"closed without a goodbye from rank(s) {sorted(missing + never)}", "warning", out)

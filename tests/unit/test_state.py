@@ -1317,3 +1317,25 @@ def test_a_pool_caps_the_ranks_live_at_once() -> None:
     assert isinstance(replies(h.hello(-1, who=b"w9"))[0], Reject)
     h.goodbye(b"w0")
     assert isinstance(replies(h.hello(-1, who=b"w10"))[0], Welcome)  # a closed worker frees its place
+
+
+# --------------------------------------------------------------------------------------------- stopping
+def test_stop_tells_every_rank_and_fails_the_run() -> None:
+    h = Harness(expected_ranks=3, close_timeout=100.0)
+    joined(h, 0, 1)
+    h.log(0, [("x", 0, 1.0)])
+    out = h.state.stop("disk full", h.now)
+    h.actions += out
+    assert replies(out, 0) == [Notice("stopped", "disk full")] and replies(out, 1) == [Notice("stopped", "disk full")]
+    assert [(r["status"], r["reason"]) for r in records(out, RecordType.STATUS)] == [("failed", "disk full")]
+    assert h.state.stop("disk full again", h.now) == []  # once
+    late = h.hello(2)
+    assert replies(late, 2) == [Welcome(2, "run-1", "the-run"), Notice("stopped", "disk full")]
+    assert h.log(1, [("x", 0, 2.0), ("y", 0, 1.0)]) == []  # no longer accepted: dropped and counted
+    assert h.state.counters["points_after_stop"] == 2
+    for r in (0, 1, 2):
+        h.goodbye(r)
+    out = h.tick()
+    assert finishes(out) == ["failed"]
+    (end,) = records(out, RecordType.END)
+    assert end["counters"]["points_after_stop"] == 2
