@@ -29,6 +29,7 @@ from typing import Any
 
 from .durable import PRIVATE_DIR_MODE, atomic_write_json
 from .errors import RoleError
+from .relay.placement import attach_endpoint
 
 ENDPOINT_VAR = "SIMVUE_HPC_ENDPOINT"
 SECRET_VAR = "SIMVUE_HPC_SECRET"
@@ -94,7 +95,7 @@ def detect(env: Mapping[str, str] | None = None) -> Placement:
             rank,
             size,
             launcher,
-            endpoint=env[ENDPOINT_VAR],
+            endpoint=attach_endpoint(env, env[ENDPOINT_VAR], env.get(RUN_VAR, "")),
             secret=env[SECRET_VAR],
             run_id=env.get(RUN_VAR, ""),
             owner=owner,

@@ -206,6 +206,52 @@ static int env_int(const char *var, long *out) {
     return 0;
 }
 
+/* The ipc endpoint of this node's relay, as simvue_hpc/relay/service.py relay_endpoint() names it:
+ * ipc://<tmpdir>/simvue_hpc-<run id>-<node>.sock, node = SIMVUE_HPC_NODE or the host name, every
+ * character but letters, digits, '_', '.' and '-' replaced by '_'. 0, or -1 if it does not fit. */
+static int relay_path(char *out, size_t len, const char *run_id) {
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = getenv("TEMP");
+    if (!dir || !*dir) dir = getenv("TMP");
+    if (!dir || !*dir) dir = "/tmp";
+    char node[256];
+    const char *given = getenv("SIMVUE_HPC_NODE");
+    if (given && *given) {
+        snprintf(node, sizeof node, "%s", given);
+    } else if (gethostname(node, sizeof node) != 0) {
+        strcpy(node, "unknown");
+    }
+    node[sizeof node - 1] = '\0';
+    for (char *p = node; *p; ++p)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '.' || *p == '-'))
+            *p = '_';
+    int n = snprintf(out, len, "%s/simvue_hpc-%s-%s.sock", dir, run_id, node);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* SIMVUE_HPC_HIERARCHY: "flat" (or unset) connects to SIMVUE_HPC_ENDPOINT; "node" to this node's relay
+ * (the ranks of a node pre-reduce there); "auto" to the relay if its socket exists, else flat. */
+static int relay_from_env(svh_options *o) {
+    static _Thread_local char endpoint[4200];
+    const char *hierarchy = getenv("SIMVUE_HPC_HIERARCHY");
+    if (!hierarchy || !*hierarchy || strcmp(hierarchy, "flat") == 0) return SVH_OK;
+    if (strcmp(hierarchy, "node") != 0 && strcmp(hierarchy, "auto") != 0)
+        return svh_set_error(SVH_EINVAL, "SIMVUE_HPC_HIERARCHY=\"%s\" must be auto, flat or node", hierarchy);
+    const char *run_id = getenv("SIMVUE_HPC_RUN_ID");
+    if (!run_id || !*run_id) {
+        if (strcmp(hierarchy, "auto") == 0) return SVH_OK;
+        return svh_set_error(SVH_EINVAL, "SIMVUE_HPC_HIERARCHY=node needs SIMVUE_HPC_RUN_ID (set by the run's host)");
+    }
+    char path[4096];
+    if (relay_path(path, sizeof path, run_id) != 0)
+        return svh_set_error(SVH_EINVAL, "the relay's socket path is too long");
+    if (strcmp(hierarchy, "auto") == 0 && access(path, F_OK) != 0) return SVH_OK;
+    snprintf(endpoint, sizeof endpoint, "ipc://%s", path);
+    o->endpoint = endpoint;
+    return SVH_OK;
+}
+
 int svh_options_from_env(svh_options *o) {
     if (!o) return svh_set_error(SVH_EINVAL, "svh_options_from_env: NULL options");
     const char *endpoint = getenv("SIMVUE_HPC_ENDPOINT");
@@ -221,6 +267,8 @@ int svh_options_from_env(svh_options *o) {
     o->secret = secret;
     o->rank = -1;
     o->size = 0;
+    int rc = relay_from_env(o);
+    if (rc != SVH_OK) return rc;
     const char *owner = getenv("SIMVUE_HPC_OWNER");
     if (owner && strcmp(owner, "sidecar") == 0) {
         static const char *const vars[][2] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
