@@ -16,7 +16,6 @@ import mimetypes
 import multiprocessing.util
 import os
 import platform
-import secrets
 import signal
 import socket
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import roles
+from . import roles, transport
 from .aggregator.loop import AggregatorSpec, ProcessHost, ThreadHost
 from .aggregator.reduce import parse_reductions
 from .alerts import event_alert, metric_alert, metric_range_alert, metric_threshold_alert, user_alert
@@ -422,7 +421,7 @@ def host_spec(
     generated name if none, the system block and ``job``) and the server settings after one check of
     the server (None offline). Used by the host's ``init`` and by ``simvue-hpc run``."""
     run_id = new_run_id()
-    secret = secrets.token_hex(16)
+    secret, curve_secret = transport.new_credentials()
     server = _checked_server()
     name = run["name"] or generate_name()
     record = {
@@ -432,7 +431,7 @@ def host_spec(
     return AggregatorSpec(
         run_id=run_id, run_name=name, secret=secret, root=str(default_root()), run=record,
         expected_ranks=expected_ranks, host_rank=host_rank, settings=settings.to_dict(),
-        reductions=dict(reductions or {}), server=server,
+        reductions=dict(reductions or {}), server=server, curve_secret=curve_secret,
     )  # fmt: skip
 
 

@@ -171,7 +171,7 @@ class Worker:
     def start(self) -> Welcome:
         """Handshake with the aggregator, then start the I/O thread."""
         self._ctx = transport.context()
-        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM)
+        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM, self._hello.secret)
         transport.send(self._sock, encode(self._hello, 0), block=True)
         deadline = _monotonic() + self.settings.connect_timeout
         poller = transport.poller((self._sock, transport.POLLIN))

@@ -64,6 +64,7 @@ class AggregatorSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     reductions: dict[str, list[str]] = field(default_factory=dict)
     server: dict[str, Any] | None = field(default=None, repr=False)  # ServerSettings fields; holds the token
+    curve_secret: str = field(default="", repr=False)  # the aggregator's CURVE key (transport.new_credentials)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -99,7 +100,11 @@ class AggregatorService:
         """Bind the socket and create the store; errors surface here, in the caller."""
         transport.raise_fd_limit(self.spec.expected_ranks)
         self._ctx = transport.context()
-        self._sock, self.endpoint = transport.bind_router(self._ctx, kind, self.spec.run_id)
+        limits = transport.Limits.from_settings(self.settings)
+        spec = self.spec
+        self._sock, self.endpoint = transport.bind_router(
+            self._ctx, kind, spec.run_id, secret=spec.secret, server_key=spec.curve_secret, limits=limits
+        )
         try:
             self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
             self._store.append(RecordType.RUN, dict(self.spec.run))
