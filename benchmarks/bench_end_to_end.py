@@ -125,7 +125,7 @@ def child(idx: int, t0: float, steps: int, hz: float, nmetrics: int, q) -> None:
             log({n: base + k for k, n in enumerate(names)}, step=i)
             i += 1
     t_last = mono()
-    worker = run._worker
+    worker = run._reporter
     sent_before_close = worker.sent_points if worker else -1
     tc = mono()
     acknowledged = run.close()

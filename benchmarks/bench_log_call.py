@@ -10,7 +10,7 @@ this script; every figure is the median over repetitions of a timed loop of ``--
 Variants
     floor           an empty Python function called with the same dict: the loop's own cost on this
                     machine (subtract it, or use it to scale the figures to another machine)
-    hpc-buffer      simvue_hpc's hot path alone: ``Worker.log`` with no I/O thread running
+    hpc-buffer      simvue_hpc's hot path alone: ``Outbox.add`` (``run.log`` after ``init``) with no I/O thread
     hpc-process     ``Simvue()`` (aggregator in a child process, the default)
     hpc-thread      ``Simvue(aggregator="thread")`` (aggregator thread in this process: it and the
                     I/O thread compete with the caller for the GIL)
@@ -75,15 +75,16 @@ def child(variant: str, calls: int, reps: int) -> dict:
         result["ns"] = _timed(noop, calls, reps, warmup=1000, cpu=cpu)
     elif variant == "hpc-buffer":
         from simvue_hpc.config import HPCSettings
-        from simvue_hpc.worker import Worker
+        from simvue_hpc.reporter import Reporter
 
         total = calls * len(METRICS) * 2
         settings = HPCSettings.load({"batch_points": total, "max_buffered_points": total})
-        worker = Worker("inproc://unused", "secret", 0, 1, settings)  # never started: no I/O thread
+        reporter = Reporter("ipc:///unused", "secret", 0, 1, settings)  # never started: no I/O thread
         ns = []
         for _ in range(reps):
-            ns += _timed(worker.log, calls, 1, warmup=1000, cpu=cpu)
-            worker._ids, worker._vals, worker._steps, worker._times, worker._counts = [], [], [], [], []
+            ns += _timed(reporter.log, calls, 1, warmup=1000, cpu=cpu)
+            reporter.outbox.take(0.0)  # empty the lists between repetitions
+            reporter.outbox.sent(reporter.outbox.queued_points)
         result["ns"] = ns
     elif variant in ("hpc-process", "hpc-thread"):
         from simvue_hpc import Simvue

@@ -28,6 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from .errors import ConfigurationError
+from .redact import redact_url
 
 _CHOICES = {
     "transport": ("tcp", "ipc"),
@@ -146,7 +147,7 @@ class ServerSettings:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
         if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url):
             raise ConfigurationError(
-                f"url must start with http:// or https:// followed by a host, not {_redact_url(self.url)!r}"
+                f"url must start with http:// or https:// followed by a host, not {redact_url(self.url)!r}"
             )
 
     @property
@@ -171,6 +172,20 @@ class ServerSettings:
         return f"ServerSettings({', '.join(parts)})"
 
     __str__ = __repr__
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-serialisable, for a process boundary (the aggregator child's spec). The
+        result holds the token: it is never logged or written to disk."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:
+        """The settings :meth:`to_dict` made; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown server setting(s): {', '.join(unknown)}")
+        return cls(**data)
 
     @classmethod
     def load(
@@ -256,11 +271,6 @@ def _home(env: Mapping[str, str]) -> Path | None:
         return Path.home()
     except RuntimeError:  # no home directory can be determined
         return None
-
-
-def _redact_url(url: str) -> str:
-    """The URL without any user:password part."""
-    return re.sub(r"^(\w+://)[^@/]*@", r"\1***@", url)
 
 
 def _read_text(path: Path) -> str:

@@ -17,6 +17,7 @@ Every error the package raises on purpose is a :class:`SimvueHPCError`; bad inpu
     │   ├── AuthenticationError            the token was rejected (401/403)
     │   ├── ValidationError (+ValueError)  the server refused a field (422): never retried
     │   └── ServerUnavailable              timeouts, connection errors, 5xx after all retries
+    │       └── OutcomeUnknown             a request may or may not have been processed: reconcile first
     ├── RunAborted                         the run was asked to stop
     └── RunStopped                         the run no longer accepts data from this process: the reason says why
         ├── AggregatorLost                 the aggregator died and could not be replaced
@@ -66,7 +67,11 @@ class RunNotFound(StoreError):
 
 
 class ServerError(SimvueHPCError):
-    """The Simvue server answered with an error."""
+    """The Simvue server answered with an error; ``status`` is its HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AuthenticationError(ServerError):
@@ -79,6 +84,11 @@ class ValidationError(ServerError, ValueError):
 
 class ServerUnavailable(ServerError):
     """The server could not be reached or kept failing after every retry."""
+
+
+class OutcomeUnknown(ServerUnavailable):
+    """A request that is not safe to repeat failed after it may have been processed (a lost answer,
+    a timeout, a gateway error): the caller reads the server's state back before sending again."""
 
 
 class RunAborted(SimvueHPCError):

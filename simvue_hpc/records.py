@@ -1,7 +1,7 @@
 """The record types of a run's log: what the aggregator's state machine emits and the store writes.
 
 Shared by the pure core (which decides what to append) and the store (which encodes it), so the core
-never imports the store. The byte format of a record is documented in ``simvue_hpc.store``.
+never imports the store. The byte format of a record is documented in ``simvue_hpc.store.format``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 
 class RecordType(IntEnum):
-    """The type byte of a record; ``simvue_hpc.store``'s docstring lists each payload."""
+    """The type byte of a record; ``simvue_hpc.store.format`` lists each payload."""
 
     RUN = 1
     RUN_UPDATE = 2

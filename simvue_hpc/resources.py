@@ -1,6 +1,7 @@
 """Resource use of a rank's process, and of its node's GPUs, for the run's ``resources/*`` metrics.
 
-Every rank samples its own process (psutil: CPU percent since the last sample, resident memory);
+Every rank samples its own process from the kernel's own counters (CPU percent since the last
+sample from ``os.times``, resident memory from ``/proc/self/statm``: nothing to import);
 the aggregator adds the ranks of a node up and reduces across nodes. GPUs are per node, not per
 process: the first rank of the run on a node to take a node-local lock file reports them (NVML,
 through the optional ``nvidia-ml-py``), so a 64-rank node queries its GPUs once, not 64 times.
@@ -9,15 +10,13 @@ through the optional ``nvidia-ml-py``), so a 64-rank node queries its GPUs once,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
 import time
 from typing import IO, Any
 
-import psutil
-
+from .durable import lock_file
 from .protocol import Resources
 
 log = logging.getLogger(__name__)
@@ -27,8 +26,8 @@ class ResourceSampler:
     """Samples this process; and the node's GPUs if this process holds the node's GPU lock."""
 
     def __init__(self, run_id: str) -> None:
-        self._process = psutil.Process()
-        self._process.cpu_percent(None)  # the baseline: the first real sample covers the interval since
+        self._cpu_at = _cpu_seconds()  # the baseline: the first sample covers the interval since
+        self._wall_at = time.monotonic()
         self._lock: IO[str] | None = None
         self._nvml: Any = None
         self._gpus: list[Any] = []
@@ -45,9 +44,7 @@ class ResourceSampler:
             return
         path = os.path.join(tempfile.gettempdir(), f"simvue_hpc-{run_id}-gpu.lock")
         fh = open(path, "a")  # noqa: SIM115 - held for the life of the sampler
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not lock_file(fh, path):
             fh.close()  # another rank of this run on this node reports the GPUs
             return
         try:
@@ -62,9 +59,11 @@ class ResourceSampler:
 
     def sample(self) -> Resources:
         """The message to send now."""
-        with self._process.oneshot():
-            cpu = self._process.cpu_percent(None)
-            rss = self._process.memory_info().rss
+        cpu_now, wall_now = _cpu_seconds(), time.monotonic()
+        elapsed = wall_now - self._wall_at
+        cpu = 100.0 * (cpu_now - self._cpu_at) / elapsed if elapsed > 0 else 0.0
+        self._cpu_at, self._wall_at = cpu_now, wall_now
+        rss = _resident_bytes()
         gpus: list[list[float]] = []
         for index, handle in enumerate(self._gpus):
             try:
@@ -84,3 +83,18 @@ class ResourceSampler:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (every thread), user and system."""
+    t = os.times()
+    return t.user + t.system
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes() -> int:
+    """Resident set size of this process (the second field of /proc/self/statm, in pages)."""
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * _PAGE

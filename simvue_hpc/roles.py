@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .durable import atomic_write_json
 from .errors import RoleError
 
 ENDPOINT_VAR = "SIMVUE_HPC_ENDPOINT"
@@ -87,9 +88,17 @@ def detect(env: Mapping[str, str] | None = None) -> Placement:
         owner = env.get(OWNER_VAR, "parent")
         rank = launched[0] if launched and owner == "sidecar" else -1
         size = launched[1] if launched and owner == "sidecar" else 0
-        return Placement("attach", rank, size, "sidecar" if owner == "sidecar" else "pool",
-                         endpoint=env[ENDPOINT_VAR], secret=env[SECRET_VAR], run_id=env.get(RUN_VAR, ""),
-                         owner=owner)  # fmt: skip
+        launcher = "sidecar" if owner == "sidecar" else "pool"
+        return Placement(
+            "attach",
+            rank,
+            size,
+            launcher,
+            endpoint=env[ENDPOINT_VAR],
+            secret=env[SECRET_VAR],
+            run_id=env.get(RUN_VAR, ""),
+            owner=owner,
+        )
     comm = _mpi_world(env, launched)
     if comm is not None:
         rank, size = comm.Get_rank(), comm.Get_size()
@@ -143,11 +152,7 @@ def publish(directory: Path, key: str, info: Mapping[str, str]) -> Path:
     """Rank 0 writes the endpoint and secret where the other ranks look (mode 0600, atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{key}.json"
-    tmp = directory / f".{key}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({**info, "created": time.time()}, fh)
-    os.replace(tmp, path)
+    atomic_write_json(path, {**info, "created": time.time()})
     return path
 
 

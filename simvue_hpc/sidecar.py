@@ -40,12 +40,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from . import roles
 from .aggregator.loop import ThreadHost
-from .api import host_spec, job_info
 from .config import HPCSettings
 from .errors import ConfigurationError
 from .names import check_folder, check_metadata, check_run_name, check_tags
+from .runspec import attach_environment, host_spec, job_info
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +168,19 @@ def outcome(returncode: int, received: int | None) -> tuple[str | None, str]:
     return "failed", how
 
 
-def sidecar_job_info(command: Sequence[str], settings: HPCSettings, ranks: int | None,
-                     env: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The run's job block: api.job_info's, with the command and Slurm's task count and array."""
+def sidecar_job_info(
+    command: Sequence[str], settings: HPCSettings, ranks: int | None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The run's job block: runspec.job_info's, with the command and Slurm's task count and array."""
     env = os.environ if env is None else env
-    job = job_info(roles.Placement("attach", -1, ranks or 0, "sidecar", owner="sidecar"), settings)
+    job = job_info(ranks, "sidecar", settings)
     job.update(
-        ranks=ranks, aggregator="sidecar", command=list(command),
+        aggregator="sidecar",
+        command=list(command),
         slurm_ntasks=_int_or_none(env.get("SLURM_NTASKS")),
-        slurm_array_job_id=env.get("SLURM_ARRAY_JOB_ID"), slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
-    )  # fmt: skip
+        slurm_array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+        slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
+    )
     return job
 
 
@@ -191,18 +193,22 @@ def _int_or_none(value: str | None) -> int | None:
 
 def child_environment(env: Mapping[str, str], endpoint: str, secret: str, run_id: str) -> dict[str, str]:
     """COMMAND's environment: the sidecar's, with the run to attach to."""
-    out = dict(env)
-    out.update({roles.ENDPOINT_VAR: endpoint, roles.SECRET_VAR: secret, roles.RUN_VAR: run_id,
-                roles.OWNER_VAR: "sidecar"})  # fmt: skip
-    return out
+    return {**env, **attach_environment(endpoint, secret, run_id, "sidecar")}
 
 
 class Sidecar:
     """One COMMAND under one run: start it, forward its output and signals, end the run."""
 
-    def __init__(self, host: ThreadHost, command: Sequence[str], env: Mapping[str, str], settings: HPCSettings,
-                 upload_timeout: float = 0.0, stdout: IO[bytes] | None = None,
-                 stderr: IO[bytes] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        host: ThreadHost,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        settings: HPCSettings,
+        upload_timeout: float = 0.0,
+        stdout: IO[bytes] | None = None,
+        stderr: IO[bytes] | None = None,
+    ) -> None:
         self.host = host
         self.command = list(command)
         self.env = dict(env)
@@ -313,10 +319,15 @@ def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
 
 
 def run(
-    command: Sequence[str], *, name: str | None = None, metadata: Mapping[str, Any] | None = None,
-    tags: Sequence[str] | None = None, description: str | None = None, folder: str = "/",
+    command: Sequence[str],
+    *,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
+    description: str | None = None,
+    folder: str | None = "/",
     ranks: int | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Run ``command`` as one Simvue run; returns the exit code the sidecar exits with."""
     command = list(command)
     if not command:
@@ -328,17 +339,17 @@ def run(
         "metadata": check_metadata(metadata),
         "tags": check_tags(tags),
         "description": description if description is None else str(description),
-        "folder": check_folder(folder),
+        "folder": check_folder("/" if folder is None else folder),
     }
     settings = HPCSettings.load()
-    spec = host_spec(fields, sidecar_job_info(command, settings, ranks), settings,
-                     expected_ranks=ranks, host_rank=None)  # fmt: skip
+    job = sidecar_job_info(command, settings, ranks)
+    spec = host_spec(fields, job, settings, expected_ranks=ranks, host_rank=None)
     host = ThreadHost(spec, settings.transport)
-    upload_timeout = float(spec.server["upload_timeout"]) if spec.server else 0.0
+    upload_timeout = spec.server.upload_timeout if spec.server else 0.0
     env = child_environment(os.environ, host.endpoint, spec.secret, spec.run_id)
     print(f"simvue-hpc run: run {spec.run_name} ({spec.run_id}) at {host.endpoint}", file=sys.stderr, flush=True)
     sidecar = Sidecar(host, command, env, settings, upload_timeout)
     code = sidecar.main()
-    print(f"simvue-hpc run: run {spec.run_name} {sidecar.status or 'not closed'}; exit code {code}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    outcome_line = f"simvue-hpc run: run {spec.run_name} {sidecar.status or 'not closed'}; exit code {code}"
+    print(outcome_line, file=sys.stderr, flush=True)
     return code

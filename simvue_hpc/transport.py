@@ -7,7 +7,6 @@ acknowledged goodbye). Endpoints:
 * ``tcp``: the default. Bound on the advertised interface only (``SIMVUE_HPC_HOST``, default the
   address this host's name resolves to) at a random port; the endpoint names that address.
 * ``ipc``: a socket file (mode 0600) for ranks on one node, removed at close and before a rebind.
-* ``inproc``: inside one process.
 
 Security (zguide "Ironhouse"): the host makes a per-run CURVE key pair for the aggregator and one for
 the ranks (:func:`new_credentials`). The ranks' credential is the run's secret itself,
@@ -256,11 +255,8 @@ def bind_router(
             endpoint = f"ipc://{path}"
             sock.bind(endpoint)
             os.chmod(path, 0o600)
-        elif kind == "inproc":
-            endpoint = f"inproc://simvue_hpc-{run_id}"
-            sock.bind(endpoint)
         else:
-            raise TransportError(f"transport must be tcp, ipc or inproc, not {kind!r}")
+            raise TransportError(f"transport must be tcp or ipc, not {kind!r}")
     except (zmq.ZMQError, OSError, ValueError, TransportError) as exc:
         sock.close(0)
         if zap is not None:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,18 +32,9 @@ from ..errors import ProtocolError, StoreError, TransportError
 from ..protocol import decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
+from .actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
 from .reduce import parse_reductions
-from .state import (
-    Action,
-    AggregatorConfig,
-    AggregatorState,
-    Append,
-    AppendMetrics,
-    FileDiscard,
-    FileWrite,
-    Finish,
-    Reply,
-)
+from .state import AggregatorConfig, AggregatorState
 
 log = logging.getLogger(__name__)
 MAX_MESSAGES_PER_WAKE = 2000
@@ -52,7 +43,7 @@ SYNC_INTERVAL = 1.0
 
 @dataclass(frozen=True)
 class AggregatorSpec:
-    """Everything an aggregator needs, JSON-serialisable so a child process can receive it."""
+    """Everything an aggregator needs; serialised (:meth:`to_json`) only to reach a child process."""
 
     run_id: str
     run_name: str
@@ -61,17 +52,25 @@ class AggregatorSpec:
     run: dict[str, Any]  # the RUN record: name, folder, description, tags, metadata, system, job
     expected_ranks: int | None = None
     host_rank: int | None = 0
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: HPCSettings = field(default_factory=HPCSettings)
     reductions: dict[str, list[str]] = field(default_factory=dict)
-    server: dict[str, Any] | None = field(default=None, repr=False)  # ServerSettings fields; holds the token
+    server: ServerSettings | None = field(default=None, repr=False)  # None: offline; holds the token
     curve_secret: str = field(default="", repr=False)  # the aggregator's CURVE key (transport.new_credentials)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """The spec as one JSON line for the child process (it holds the secret and the token)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["settings"] = self.settings.to_dict()
+        data["server"] = None if self.server is None else asdict(self.server)
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> AggregatorSpec:
-        return cls(**json.loads(text))
+        """The inverse of :meth:`to_json`; the settings are validated again."""
+        data = json.loads(text)
+        data["settings"] = HPCSettings(**data["settings"])
+        data["server"] = None if data["server"] is None else ServerSettings(**data["server"])
+        return cls(**data)
 
 
 class AggregatorService:
@@ -79,7 +78,7 @@ class AggregatorService:
 
     def __init__(self, spec: AggregatorSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
-        self.settings = HPCSettings.load(spec.settings, environ={})
+        self.settings = spec.settings
         self._clock = clock
         self._ctx: Any = None
         self._sock: Any = None
@@ -111,7 +110,7 @@ class AggregatorService:
             self._store.append(RecordType.STATUS, {"status": "running", "time_us": time.time_ns() // 1000})
             self._store.flush()
             if self.spec.server is not None:
-                self._upload = LiveUpload(self._store.run_dir, ServerSettings(**self.spec.server))
+                self._upload = LiveUpload(self._store.run_dir, self.spec.server)
         except BaseException:
             transport.close(self._sock)
             self._ctx.term()
@@ -124,14 +123,15 @@ class AggregatorService:
         ``control_fd`` is the host's pipe (a child process's stdin): its end of file means the
         host is gone, which starts the close. ``stop`` ends the run at once."""
         assert self._store is not None, "bind() first"
-        s = self.settings
         config = AggregatorConfig(
-            run_id=self.spec.run_id, run_name=self.spec.run_name, secret=self.spec.secret,
-            expected_ranks=self.spec.expected_ranks, host_rank=self.spec.host_rank,
-            step_timeout=s.step_timeout, rank_timeout=s.rank_timeout, close_timeout=s.close_timeout,
-            system_metrics_interval=s.system_metrics_interval, terminate_grace=s.terminate_grace,
+            run_id=self.spec.run_id,
+            run_name=self.spec.run_name,
+            secret=self.spec.secret,
+            expected_ranks=self.spec.expected_ranks,
+            host_rank=self.spec.host_rank,
+            settings=self.settings,
             reductions=parse_reductions(self.spec.reductions),
-        )  # fmt: skip
+        )
         now = self._clock()
         state = AggregatorState(config, now)
         items: list[tuple[Any, int]] = [(self._sock, transport.POLLIN)]
@@ -200,7 +200,7 @@ class AggregatorService:
             transport.close(self._sock, linger_ms=200)
             self._ctx.term()
             if self._upload is not None:
-                timeout = ServerSettings(**self.spec.server).upload_timeout if self.spec.server else 0.0
+                timeout = self.spec.server.upload_timeout if self.spec.server else 0.0
                 self.uploaded = self._upload.finish(timeout if self.status else 0.0)
         return self.status or "failed"
 
@@ -334,8 +334,12 @@ class ProcessHost:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", kind],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True, close_fds=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin: IO[bytes] = self._proc.stdin
         self._stdin.write(spec.to_json().encode() + b"\n")

@@ -156,6 +156,13 @@ def _reduce_dense(
     np.maximum.at(latest, key, time_ns.astype(np.int64))
     at = first[present]
     return Groups(
-        metric=metric[at], step=step[at], time_ns=latest[present], count=count, sum=total,
-        min=low[present], max=high[present], mean=mean, std=std,
-    )  # fmt: skip
+        metric=metric[at],
+        step=step[at],
+        time_ns=latest[present],
+        count=count,
+        sum=total,
+        min=low[present],
+        max=high[present],
+        mean=mean,
+        std=std,
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -188,3 +190,25 @@ def test_nothing_lost_when_workers_exit_right_after_close(store: Path, transport
     counts = view.metrics["p.count"].value
     assert len(counts) == n and counts.sum() == n * procs
     assert view.end is not None and view.end["counters"]["points_received"] == n * procs
+
+
+JOINING_RANK = """
+import sys
+import simvue_hpc
+run = simvue_hpc.Simvue()
+run.init()
+run.log({"joined": 1.0})
+run.close()
+heavy = ("requests", "urllib3", "psutil", "simvue_hpc.upload", "simvue_hpc.server", "simvue_hpc.store",
+         "simvue_hpc.aggregator.loop", "simvue_hpc.aggregator.state")
+print(sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_a_joining_rank_loads_neither_the_uploader_nor_the_aggregator(store: Path) -> None:
+    with Simvue(aggregator="thread") as run:
+        run.init(name="lean")  # exports the run to this process's environment, as for a pool
+        proc = subprocess.run([sys.executable, "-c", JOINING_RANK], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert only_run(store).metrics["joined"].value.tolist() == [1.0]

@@ -418,7 +418,7 @@ def test_jitter_comes_from_the_injected_rng(
     simvue_server.faults.fail(3, status=504)
     assert client.version() == "1.3.0"
     rng = random.Random(0)
-    assert fake_time.sleeps == [policy.backoff(n, rng) for n in (1, 2, 3)]
+    assert fake_time.sleeps == [policy.backoff(n, rng.uniform(-1.0, 1.0)) for n in (1, 2, 3)]
     assert all(0.5 * 2 ** (n - 1) <= s <= 1.5 * 2 ** (n - 1) for n, s in enumerate(fake_time.sleeps, 1))
 
 

@@ -75,9 +75,13 @@ class ArtifactsApi:
                 store.update("artifacts", artifact_id, lambda d: d.update(fields))
             else:
                 doc = fields | {
-                    "uploaded": False, "created": timestamp(), "storage_id": "test-server-storage",
-                    "user": self.state.settings.user, "received_bytes": None, "received_sha256": None,
-                }  # fmt: skip
+                    "uploaded": False,
+                    "created": timestamp(),
+                    "storage_id": "test-server-storage",
+                    "user": self.state.settings.user,
+                    "received_bytes": None,
+                    "received_sha256": None,
+                }
                 artifact_id = store.insert("artifacts", doc)
         return json_response({"id": artifact_id, "url": self._storage_url(req, artifact_id, "upload")})
 

@@ -26,10 +26,18 @@ def ensure_folder(state: ServerState, path: str) -> tuple[str, bool]:
             return existing["id"], False
         now = timestamp()
         doc: dict[str, Any] = {
-            "path": path, "name": None, "description": None, "tags": [], "metadata": {}, "ttl": None,
-            "created": now, "modified": now, "starred": False, "user": state.settings.user,
+            "path": path,
+            "name": None,
+            "description": None,
+            "tags": [],
+            "metadata": {},
+            "ttl": None,
+            "created": now,
+            "modified": now,
+            "starred": False,
+            "user": state.settings.user,
             "visibility": {"tenant": False, "public": False, "users": []},
-        }  # fmt: skip
+        }
         return state.store.insert("folders", doc), True
 
 
@@ -193,12 +201,27 @@ class RunsApi:
         now = timestamp()
         doc: dict[str, Any] = {
             "name": fields.get("name") or f"run-{secrets.token_hex(4)}",
-            "folder": fields["folder"], "status": "created", "description": None, "tags": [], "metadata": {},
-            "system": None, "heartbeat_timeout": 180, "alerts": [], "notifications": {"state": "none"},
-            "visibility": {"tenant": False, "public": False, "users": []}, "ttl": None, "created": now,
-            "started": None, "endtime": None, "modified": now, "user": self.state.settings.user,
-            "starred": False, "abort": False, "abort_reason": None, "last_seen": time.time(),
-        }  # fmt: skip
+            "folder": fields["folder"],
+            "status": "created",
+            "description": None,
+            "tags": [],
+            "metadata": {},
+            "system": None,
+            "heartbeat_timeout": 180,
+            "alerts": [],
+            "notifications": {"state": "none"},
+            "visibility": {"tenant": False, "public": False, "users": []},
+            "ttl": None,
+            "created": now,
+            "started": None,
+            "endtime": None,
+            "modified": now,
+            "user": self.state.settings.user,
+            "starred": False,
+            "abort": False,
+            "abort_reason": None,
+            "last_seen": time.time(),
+        }
         status = fields.pop("status", "created")
         doc.update({k: v for k, v in fields.items() if v is not None or k in ("heartbeat_timeout", "ttl")})
         _apply_status(doc, status)

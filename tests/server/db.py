@@ -146,9 +146,17 @@ class Store:
             for record in records:
                 for name, value in record["values"].items():
                     rows.append(
-                        (run_id, name, record["step"], record["time"], record["timestamp"], float(value),
-                         isinstance(value, bool), batch)
-                    )  # fmt: skip
+                        (
+                            run_id,
+                            name,
+                            record["step"],
+                            record["time"],
+                            record["timestamp"],
+                            float(value),
+                            isinstance(value, bool),
+                            batch,
+                        )
+                    )
             with self._transaction():  # one transaction for the whole batch
                 self._conn.executemany(
                     "INSERT INTO metrics (run_id, name, step, time, timestamp, value, is_bool, batch) "
@@ -188,9 +196,14 @@ class Store:
         for r in rows:
             last = self._rows("SELECT value, step, time FROM metrics WHERE seq = ?", (r["last_seq"],))[0]
             out[r["name"]] = {
-                "count": r["count"], "min": r["min"], "max": r["max"], "average": r["average"],
-                "last": last["value"], "step": last["step"], "time": last["time"],
-            }  # fmt: skip
+                "count": r["count"],
+                "min": r["min"],
+                "max": r["max"],
+                "average": r["average"],
+                "last": last["value"],
+                "step": last["step"],
+                "time": last["time"],
+            }
         return out
 
     def metric_names(self, run_ids: Iterable[str]) -> list[str]:

@@ -209,9 +209,21 @@ def validate_folder_update(body: Any) -> dict[str, Any]:
 # --- runs ----------------------------------------------------------------------------------------------
 
 _RUN_FIELDS = (
-    "name", "folder", "status", "description", "tags", "metadata", "system", "heartbeat_timeout",
-    "alerts", "notifications", "visibility", "ttl", "started", "endtime",
-)  # fmt: skip
+    "name",
+    "folder",
+    "status",
+    "description",
+    "tags",
+    "metadata",
+    "system",
+    "heartbeat_timeout",
+    "alerts",
+    "notifications",
+    "visibility",
+    "ttl",
+    "started",
+    "endtime",
+)
 
 
 def validate_run(body: Any, *, create: bool) -> dict[str, Any]:

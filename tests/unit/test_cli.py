@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from pathlib import Path
@@ -62,7 +63,11 @@ def root(tmp_path: Path) -> Path:
                 "level": "warning",
             },
         )
-        sha, size = w.store_file_from_path(Path(__file__))
+        content = Path(__file__).read_bytes()
+        sha, size = hashlib.sha256(content).hexdigest(), len(content)
+        with w.begin_file(sha) as sink:
+            sink.write(content)
+            sink.commit()
         w.append(
             RecordType.FILE,
             {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 from pathlib import Path
 
@@ -374,3 +375,12 @@ def test_token_with_whitespace_is_refused_without_echoing_it(token: str) -> None
     with pytest.raises(ConfigurationError, match="whitespace") as info:
         ServerSettings(url="https://x.example.com", token=token)
     assert "abc" not in str(info.value)
+
+
+def test_server_settings_cross_a_process_boundary_as_a_dict() -> None:
+    settings = ServerSettings(url="https://s.example.com", token=TOKEN, request_timeout=5.0, source="environment")
+    data = json.loads(json.dumps(settings.to_dict()))
+    again = ServerSettings.from_dict(data)
+    assert again == settings and again.source == "environment" and again.request_timeout == 5.0
+    with pytest.raises(ConfigurationError, match=r"unknown server setting.*bogus"):
+        ServerSettings.from_dict({**data, "bogus": 1})

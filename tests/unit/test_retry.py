@@ -1,18 +1,22 @@
-"""RetryPolicy: backoff growth, cap and jitter, Retry-After, and which failures are retried."""
+"""RetryPolicy (pure): backoff growth, cap and jitter, Retry-After, which statuses are retried; and how
+the transport boundary classifies the exceptions of a failed request."""
 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import random
 from fractions import Fraction
 
 import pytest
 import requests
+import urllib3
 from hypothesis import given
 from hypothesis import strategies as st
 
 from simvue_hpc.errors import ConfigurationError
 from simvue_hpc.server import RetryPolicy, format_timestamp
+from simvue_hpc.server.http import classify
 
 NOW = 1_700_000_000.0
 
@@ -26,25 +30,24 @@ def test_defaults_follow_the_api_document() -> None:
 
 def test_backoff_doubles_without_jitter() -> None:
     policy = RetryPolicy(backoff_factor=0.5, backoff_max=100.0, jitter=0.0)
-    rng = random.Random(0)
-    assert [policy.backoff(n, rng) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert [policy.backoff(n, 0.9) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
 
 
 def test_backoff_is_capped() -> None:
     policy = RetryPolicy(backoff_factor=1.0, backoff_max=5.0, jitter=0.0)
-    rng = random.Random(0)
-    assert [policy.backoff(n, rng) for n in (3, 4, 10, 1000, 10**9)] == [4.0, 5.0, 5.0, 5.0, 5.0]
+    assert [policy.backoff(n, -0.3) for n in (3, 4, 10, 1000, 10**9)] == [4.0, 5.0, 5.0, 5.0, 5.0]
 
 
 def test_backoff_zero_factor_means_no_wait() -> None:
-    assert RetryPolicy(backoff_factor=0.0).backoff(5, random.Random(1)) == 0.0
+    assert RetryPolicy(backoff_factor=0.0).backoff(5, 1.0) == 0.0
 
 
-def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
-    policy = RetryPolicy()
-    assert [policy.backoff(n, random.Random(7)) for n in range(1, 5)] == [
-        policy.backoff(n, random.Random(7)) for n in range(1, 5)
-    ]
+def test_backoff_is_a_pure_function_of_attempt_and_draw() -> None:
+    policy = RetryPolicy(backoff_factor=1.0, backoff_max=100.0, jitter=0.25)
+    assert policy.backoff(3, 0.0) == 4.0  # the band's centre
+    assert policy.backoff(3, -1.0) == 3.0 and policy.backoff(3, 1.0) == 5.0  # its edges
+    assert policy.backoff(3, 7.0) == 5.0  # a draw outside [-1, 1] is clamped
+    assert [policy.backoff(n, 0.5) for n in range(1, 5)] == [policy.backoff(n, 0.5) for n in range(1, 5)]
 
 
 @given(
@@ -60,7 +63,7 @@ def test_backoff_stays_within_the_jitter_band_and_the_cap(
     policy = RetryPolicy(backoff_factor=factor, backoff_max=cap, jitter=jitter)
     exact = Fraction(factor) * 2 ** (attempt - 1)  # no float overflow in the reference
     base = cap if exact >= Fraction(cap) else float(exact)
-    delay = policy.backoff(attempt, random.Random(seed))
+    delay = policy.backoff(attempt, random.Random(seed).uniform(-1.0, 1.0))
     assert 0.0 <= delay <= cap
     assert base * (1 - jitter) - 1e-9 <= delay <= base * (1 + jitter) + 1e-9
 
@@ -69,7 +72,7 @@ def test_backoff_stays_within_the_jitter_band_and_the_cap(
 def test_jitter_spreads_the_delays(seed: int) -> None:
     policy = RetryPolicy(backoff_factor=1.0, backoff_max=100.0, jitter=0.25)
     rng = random.Random(seed)
-    delays = {policy.backoff(3, rng) for _ in range(20)}
+    delays = {policy.backoff(3, rng.uniform(-1.0, 1.0)) for _ in range(20)}
     assert len(delays) > 1
     assert all(3.0 <= d <= 5.0 for d in delays)
 
@@ -154,8 +157,44 @@ def test_422_and_other_4xx_are_never_retried_even_when_listed() -> None:
         (ValueError("bug"), False),
     ],
 )
-def test_should_retry_exceptions(exception: BaseException, retried: bool) -> None:
-    assert RetryPolicy().should_retry(exception) is retried
+def test_which_exceptions_are_retried(exception: BaseException, retried: bool) -> None:
+    assert classify(exception, 30.0, None).retryable is retried
+
+
+def _refused() -> requests.exceptions.ConnectionError:
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except ConnectionRefusedError as refused:
+        inner = urllib3.exceptions.NewConnectionError(None, f"Failed to establish a new connection: {refused}")  # type: ignore[arg-type]
+        return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/api", inner))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("exception", "ambiguous"),
+    [
+        (_refused(), False),  # never left this host
+        (requests.exceptions.ConnectTimeout("slow"), False),
+        (ConnectionRefusedError("refused"), False),
+        (requests.exceptions.ReadTimeout("slow"), True),  # sent; the answer did not come
+        (requests.exceptions.ConnectionError(ConnectionResetError("reset")), True),
+        (requests.exceptions.ChunkedEncodingError("cut"), True),
+        (
+            requests.exceptions.ConnectionError(
+                urllib3.exceptions.ProtocolError("Connection aborted.", http.client.RemoteDisconnected("closed"))
+            ),
+            True,
+        ),
+    ],
+)
+def test_a_failure_after_the_request_left_is_ambiguous(exception: BaseException, ambiguous: bool) -> None:
+    failure = classify(exception, 30.0, None)
+    assert failure.retryable and failure.ambiguous is ambiguous
+
+
+def test_a_failure_reason_never_shows_the_token() -> None:
+    token = "tok-123456789"
+    failure = classify(requests.exceptions.ConnectionError(f"proxy said Bearer {token}"), 30.0, token)
+    assert token not in failure.reason and "***" in failure.reason
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import fields
 from itertools import pairwise
 from typing import Any
 
@@ -11,19 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simvue_hpc.aggregator.actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
 from simvue_hpc.aggregator.reduce import Reduction
-from simvue_hpc.aggregator.state import (
-    Action,
-    AggregatorConfig,
-    AggregatorState,
-    Append,
-    AppendMetrics,
-    FileDiscard,
-    FileWrite,
-    Finish,
-    Reply,
-)
+from simvue_hpc.aggregator.state import AggregatorConfig, AggregatorState
 from simvue_hpc.alerts import metric_alert, user_alert
+from simvue_hpc.config import HPCSettings
 from simvue_hpc.protocol import (
     AlertDefinition,
     AlertState,
@@ -49,6 +42,7 @@ from simvue_hpc.store import RecordType
 from tests.helpers import OWN_METRICS
 
 SECRET = "s3cret"
+SETTINGS = {f.name for f in fields(HPCSettings)}
 WALL0 = 1_700_000_000_000_000_000
 SHA = "a" * 64
 SHA2 = "b" * 64
@@ -60,10 +54,15 @@ class Harness:
 
     def __init__(self, **config: Any) -> None:
         config.setdefault("expected_ranks", 2)
+        timing = {k: config.pop(k) for k in list(config) if k in SETTINGS}
         self.now = 100.0
         self.wall = WALL0
         self.state = AggregatorState(
-            AggregatorConfig(run_id="run-1", run_name="the-run", secret=SECRET, **config), self.now, wall_ns=self._wall
+            AggregatorConfig(
+                run_id="run-1", run_name="the-run", secret=SECRET, settings=HPCSettings(**timing), **config
+            ),
+            self.now,
+            wall_ns=self._wall,
         )
         self.seq: dict[bytes, int] = {}
         self.names: dict[bytes, list[str]] = defaultdict(list)
@@ -107,7 +106,7 @@ class Harness:
 
     def goodbye(self, who: bytes | int, sent: int | None = None, dropped: dict[str, int] | None = None) -> list[Action]:
         who = ident(who) if isinstance(who, int) else who
-        peer = self.state._peers[who]
+        peer = self.state._roster.by_identity[who]
         sent = peer.received_points if sent is None else sent
         dropped = dropped or {}
         return self.send(who, Goodbye(sent, sum(dropped.values()), dropped))
@@ -835,7 +834,7 @@ def test_live_ranks_metric_follows_joins_goodbyes_and_losses() -> None:
 def test_resources_are_summed_per_node_and_over_nodes() -> None:
     h = Harness(expected_ranks=3, system_metrics_interval=1.0)
     joined(h, 0, 1, 2)  # hosts node0, node1, node2
-    h.state._peers[ident(1)].host = "node0"  # ranks 0 and 1 share a node
+    h.state._roster.by_identity[ident(1)].host = "node0"  # ranks 0 and 1 share a node
     h.send(ident(0), Resources(1, 50.0, 100.0, [[0, 80.0, 40.0]]))
     h.send(ident(1), Resources(1, 30.0, 200.0))
     h.send(ident(2), Resources(1, 100.0, 50.0, [[0, 20.0, 10.0]]))

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simvue_hpc import store
+from simvue_hpc.durable import lock_file
 from simvue_hpc.errors import ConfigurationError, RunNotFound, StoreError
 from simvue_hpc.store import (
     HEADER_SIZE,
@@ -34,6 +34,8 @@ from simvue_hpc.store import (
     new_run_id,
     read_records,
 )
+from simvue_hpc.store import format as store_format
+from simvue_hpc.store import writer as store_writer
 
 I64 = np.iinfo(np.int64)
 T0 = 1_700_000_000_000_000
@@ -164,7 +166,7 @@ def test_metrics_late_flag_lists_and_empty_records(tmp_path: Path) -> None:
 
 def test_raw_metrics_payload_through_append(tmp_path: Path) -> None:
     cols = _metrics()
-    payload = {k: (v if k == "names" else v.astype(store._METRIC_COLUMNS[k]).tobytes()) for k, v in cols.items()}
+    payload = {k: (v if k == "names" else v.astype(store_format.METRIC_COLUMNS[k]).tobytes()) for k, v in cols.items()}
     with RunWriter.create(tmp_path, "r") as w:
         w.append(RecordType.METRICS, payload)
         with pytest.raises(ConfigurationError, match="METRICS"):
@@ -220,8 +222,6 @@ def test_create_refuses_existing_runs_and_bad_ids(tmp_path: Path) -> None:
     for bad in ("", "../x", "a/b", ".hidden", "x" * 200):
         with pytest.raises(ConfigurationError):
             RunWriter.create(tmp_path, bad)
-        with pytest.raises(ConfigurationError):
-            RunWriter.open(tmp_path, bad)
 
 
 def test_bad_headers_raise(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_writer_lifecycle(tmp_path: Path) -> None:
 
 
 def test_large_buffers_are_written_before_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "FLUSH_THRESHOLD", 100)
+    monkeypatch.setattr(store_writer, "FLUSH_THRESHOLD", 100)
     with RunWriter.create(tmp_path, "r") as w:
         for i in range(10):
             w.append(RecordType.EVENT, {"message": "x" * 40, "i": i})
@@ -262,14 +262,12 @@ def test_large_buffers_are_written_before_flush(tmp_path: Path, monkeypatch: pyt
     assert [r.payload["i"] for r in read_records(w.records_path)] == list(range(10))
 
 
-def test_a_second_writer_is_refused(tmp_path: Path) -> None:
+def test_the_writer_holds_the_log_locked(tmp_path: Path) -> None:
     w = RunWriter.create(tmp_path, "r")
-    with pytest.raises(StoreError, match="another writer"):
-        RunWriter.open(tmp_path, "r")
-    w.close()
-    RunWriter.open(tmp_path, "r").close()
-    with pytest.raises(RunNotFound):
-        RunWriter.open(tmp_path, "missing")
+    with open(w.records_path, "rb") as other:
+        assert not lock_file(other)  # a second writer would be refused
+        w.close()
+        assert lock_file(other)
 
 
 def test_a_failed_write_leaves_no_torn_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,39 +330,6 @@ def test_valid_crc_but_undecodable_records_end_the_log(tmp_path: Path) -> None:
         copy = tmp_path / "copy.svr"
         copy.write_bytes(path.read_bytes() + tail)
         assert len(list(read_records(copy))) == n
-
-
-@pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_open_truncates_a_torn_tail_and_appends_after_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
-) -> None:
-    path, offsets = _write_sample(tmp_path)
-    size = path.stat().st_size
-    if damage == "truncate":
-        os.truncate(path, size - 3)
-    else:
-        data = bytearray(path.read_bytes())
-        data[offsets[-1] + 12] ^= 0x01
-        path.write_bytes(bytes(data))
-    removed = path.stat().st_size - offsets[-1]
-    with caplog.at_level(logging.WARNING, logger="simvue_hpc.store"):
-        w = RunWriter.open(tmp_path, "run1")
-    assert f"truncating {removed} bytes" in caplog.text
-    assert path.stat().st_size == offsets[-1]
-    assert w.append(RecordType.STATUS, {"status": "resumed"}) == offsets[-1]
-    w.close()
-    records = list(read_records(path))
-    assert [r.offset for r in records] == offsets
-    assert records[-1].payload == {"status": "resumed"}
-
-
-def test_open_of_an_intact_log_truncates_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path, offsets = _write_sample(tmp_path)
-    size = path.stat().st_size
-    with caplog.at_level(logging.WARNING), RunWriter.open(tmp_path, "run1") as w:
-        assert w.append(RecordType.STATUS, {"status": "more"}) == size
-    assert "truncating" not in caplog.text
-    assert len(list(read_records(path))) == len(offsets) + 1
 
 
 # --- property test -------------------------------------------------------------------------------
@@ -437,13 +402,13 @@ def test_begin_file_with_the_right_checksum(tmp_path: Path) -> None:
     content = os.urandom(3000)
     sha = hashlib.sha256(content).hexdigest()
     with RunWriter.create(tmp_path, "r") as w:
-        assert not w.has_file(sha)
+        assert not (w.files_dir / sha).exists()
         sink = w.begin_file(sha)
         for i in range(0, len(content), 1000):
             sink.write(content[i : i + 1000])
         assert sink.commit() == sha
         assert sink.size == len(content)
-        assert w.has_file(sha)
+        assert (w.files_dir / sha).is_file()
         assert (w.run_dir / "files" / sha).read_bytes() == content
         assert _tmp_files(w) == []
         with pytest.raises(StoreError):
@@ -457,7 +422,7 @@ def test_begin_file_with_the_wrong_checksum(tmp_path: Path) -> None:
         sink.write(b"something else")
         with pytest.raises(StoreError, match="checksum mismatch"):
             sink.commit()
-        assert not w.has_file(sha)
+        assert not (w.files_dir / sha).exists()
         assert _tmp_files(w) == []
         sink.abort()  # idempotent
 
@@ -472,38 +437,14 @@ def test_abort_and_context_manager_drop_the_temp_file(tmp_path: Path) -> None:
         assert _tmp_files(w) == []
         with w.begin_file(sha) as s:
             s.write(b"x")
-        assert _tmp_files(w) == [] and not w.has_file(sha)
+        assert _tmp_files(w) == [] and not (w.files_dir / sha).exists()
         with w.begin_file(sha) as s:
             s.write(b"x")
             s.commit()
-        assert w.has_file(sha)
+        assert (w.files_dir / sha).is_file()
         for bad in ("ABC", "../" + "0" * 61, "G" * 64):
             with pytest.raises(ConfigurationError):
                 w.begin_file(bad)
-            with pytest.raises(ConfigurationError):
-                w.has_file(bad)
-
-
-def test_store_file_from_path(tmp_path: Path) -> None:
-    src = tmp_path / "input.dat"
-    src.write_bytes(b"abc" * 1_000_000)
-    with RunWriter.create(tmp_path / "store", "r") as w:
-        sha, size = w.store_file_from_path(src)
-        assert (sha, size) == (hashlib.sha256(src.read_bytes()).hexdigest(), 3_000_000)
-        assert (w.run_dir / "files" / sha).read_bytes() == src.read_bytes()
-        assert w.store_file_from_path(str(src)) == (sha, size)  # stored once, by content
-        with pytest.raises(StoreError):
-            w.store_file_from_path(tmp_path / "missing")
-        assert _tmp_files(w) == []
-
-
-def test_open_removes_temp_files_of_a_dead_writer(tmp_path: Path) -> None:
-    w = RunWriter.create(tmp_path, "r")
-    (w.run_dir / "files" / ".tmp-0123456789abcdef").write_bytes(b"partial")  # as a killed sink leaves
-    w.close()
-    assert len(_tmp_files(w)) == 1
-    RunWriter.open(tmp_path, "r").close()
-    assert _tmp_files(w) == []
 
 
 # --- folding, listing, lookup --------------------------------------------------------------------
@@ -556,9 +497,11 @@ def test_load_run_of_a_run_without_records(tmp_path: Path) -> None:
     )
 
 
-def _make_run(root: Path, run_id: str, name: str, created_us: int) -> None:
+def _make_run(root: Path, run_id: str, name: str, created_us: int, rename: str | None = None) -> None:
     with RunWriter.create(root, run_id) as w:
         w.append(RecordType.RUN, {**PAYLOADS[RecordType.RUN], "id": run_id, "name": name, "created_us": created_us})
+        if rename is not None:
+            w.append(RecordType.RUN_UPDATE, {"name": rename})
 
 
 def test_list_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -579,9 +522,7 @@ def test_list_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 def test_find_run(tmp_path: Path) -> None:
     _make_run(tmp_path, "abc123", "alpha", T0)
     _make_run(tmp_path, "abd456", "beta", T0)
-    _make_run(tmp_path, "xyz789", "zeta", T0)
-    with RunWriter.open(tmp_path, "xyz789") as w:
-        w.append(RecordType.RUN_UPDATE, {"name": "gamma"})
+    _make_run(tmp_path, "xyz789", "zeta", T0, rename="gamma")
     assert find_run(tmp_path, "abc123") == tmp_path / "abc123"
     assert find_run(tmp_path, "abd") == tmp_path / "abd456"
     assert find_run(tmp_path, "beta") == tmp_path / "abd456"

@@ -19,66 +19,35 @@ number of ranks: the aggregator has already reduced the ranks' values into the s
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import math
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
-
-from .config import ServerSettings
-from .errors import ServerError, ServerUnavailable, StoreError, ValidationError
-from .server import RetryPolicy, SimvueClient, format_timestamp
-from .store import FILES_DIR, RECORDS_NAME, Record, RecordType, read_records
+from ..config import ServerSettings
+from ..errors import StoreError
+from ..records import Record, RecordType
+from ..server import SimvueClient, format_timestamp
+from ..store import FILES_DIR, RECORDS_NAME, read_records
+from .items import (
+    FINAL_STATUSES,
+    MAX_BYTES_PER_POST,
+    MAX_RECORDS_PER_POST,
+    approx_size,
+    event_items,
+    job_metadata,
+    kind_of,
+    metric_items,
+)
+from .state import STATE_NAME, UploadState
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "upload.json"
-LOCK_NAME = "upload.lock"
-MAX_RECORDS_PER_POST = 16_000
-MAX_BYTES_PER_POST = 1_000_000
 POST_INTERVAL = 1.0  # seconds between two POSTs of one kind
 SCAN_BYTES = 8 << 20  # records read per round, so one round stays short
-FINAL_STATUSES = ("completed", "failed", "terminated", "lost")
-
-
-@dataclass
-class UploadState:
-    """What has reached the server; saved as ``upload.json`` next to the run's records."""
-
-    server: str = ""
-    run_id: str | None = None
-    cursors: dict[str, list[int]] = field(default_factory=dict)  # kind -> [offset, items done in that record]
-    folders: dict[str, str] = field(default_factory=dict)  # path -> folder id
-    artifacts: dict[str, str] = field(default_factory=dict)  # sha256 -> artifact id
-    alerts: list[str] = field(default_factory=list)  # alert ids attached to the run
-    alert_ids: dict[str, str] = field(default_factory=dict)  # user alert name -> id, for their states
-    hosts: list[str] = field(default_factory=list)
-    ranks: list[int] = field(default_factory=list)
-    done: bool = False
-
-    @classmethod
-    def load(cls, path: Path) -> UploadState:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path} is unreadable: {exc}") from None
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
 
 
 @dataclass
@@ -157,7 +126,7 @@ class Uploader:
         out: dict[str, list[Record]] = {"run": [], "metrics": [], "events": []}
         self._scan_end = None
         for record in read_records(self._records, start) if start else read_records(self._records):
-            kind = _kind(record.type)
+            kind = kind_of(record.type)
             if record.offset >= self._cursor(kind)[0]:
                 out[kind].append(record)
             if self._scan_end is None:
@@ -229,7 +198,7 @@ class Uploader:
             "status": "running",
             "description": p.get("description"),
             "tags": list(p.get("tags") or []),
-            "metadata": {**(p.get("metadata") or {}), "simvue_hpc": _job_metadata(job)},
+            "metadata": {**(p.get("metadata") or {}), "simvue_hpc": job_metadata(job)},
             "system": p.get("system"),
             # lost after three missed heartbeats, and never sooner than the official clients' 180 s
             "heartbeat_timeout": max(180, math.ceil(3 * self.settings.heartbeat_interval)) if self.live else None,
@@ -252,11 +221,17 @@ class Uploader:
         sha = p["sha256"]
         artifact_id = self.state.artifacts.get(sha)
         if artifact_id is None:
-            answer = self._call(self.client.register_artifact, {
-                "name": p["name"], "original_path": p.get("original_path"), "size": p["size"],
-                "mime_type": p.get("mime_type") or "application/octet-stream", "checksum": sha,
-                "metadata": {"rank": p.get("rank"), "host": p.get("host")},
-            })  # fmt: skip
+            answer = self._call(
+                self.client.register_artifact,
+                {
+                    "name": p["name"],
+                    "original_path": p.get("original_path"),
+                    "size": p["size"],
+                    "mime_type": p.get("mime_type") or "application/octet-stream",
+                    "checksum": sha,
+                    "metadata": {"rank": p.get("rank"), "host": p.get("host")},
+                },
+            )
             artifact_id = answer["id"]
             if answer.get("url"):  # no url: the server already holds these bytes
                 self._call(
@@ -276,10 +251,14 @@ class Uploader:
             return
         p = end.payload
         status = p.get("status") if p.get("status") in FINAL_STATUSES else "completed"
-        job = _job_metadata(dict(self._run.get("job") or {}))
-        job.update(hosts=sorted(self.state.hosts), ranks_joined=len(self.state.ranks),
-                   missing_ranks=p.get("missing_ranks", []), lost_ranks=p.get("lost_ranks", []),
-                   counters=p.get("counters", {}))  # fmt: skip
+        job = job_metadata(dict(self._run.get("job") or {}))
+        job.update(
+            hosts=sorted(self.state.hosts),
+            ranks_joined=len(self.state.ranks),
+            missing_ranks=p.get("missing_ranks", []),
+            lost_ranks=p.get("lost_ranks", []),
+            counters=p.get("counters", {}),
+        )
         body = {"status": status, "endtime": format_timestamp(int(p["time_us"])), "metadata": {"simvue_hpc": job}}
         self._call(self.client.update_run, self.state.run_id, body)
         self._advance("run", end.end)
@@ -308,7 +287,7 @@ class Uploader:
             skip = done if record.offset == offset else 0
             for i in range(skip, len(items)):
                 item = items[i]
-                size = _approx_size(item)
+                size = approx_size(item)
                 if batch.items and (len(batch.items) >= MAX_RECORDS_PER_POST or batch.size + size > MAX_BYTES_PER_POST):
                     batch.cursor = [record.offset, i]
                     return batch
@@ -320,34 +299,10 @@ class Uploader:
         return batch
 
     def _metric_items(self, record: Record) -> list[dict[str, Any]]:
-        """Server metric records: one per (step, time) of a store record, with every name logged then."""
-        p = record.payload
-        step, t_us, value, name_id = p["step"], p["time_us"], p["value"], p["name_id"]
-        if len(step) == 0:
-            return []
-        names = p["names"]
-        start_us = int(self._run.get("created_us") or t_us.min())
-        order = np.lexsort((t_us, step))
-        s, t, v, n = step[order], t_us[order], value[order], name_id[order]
-        cut = np.flatnonzero((s[1:] != s[:-1]) | (t[1:] != t[:-1])) + 1
-        items = []
-        for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(s)], strict=True):
-            t0 = int(t[lo])
-            items.append({
-                "values": {names[int(i)]: float(x) for i, x in zip(n[lo:hi], v[lo:hi], strict=True)},
-                "time": (t0 - start_us) / 1e6,
-                "timestamp": format_timestamp(t0),
-                "step": int(s[lo]),
-            })  # fmt: skip
-        return items
+        return metric_items(record.payload, self._run.get("created_us"))
 
     def _event_items(self, record: Record) -> list[dict[str, Any]]:
-        p = record.payload
-        where = f"[rank {p['rank']} on {p['host']}] " if p.get("rank") is not None else ""
-        level = p.get("level") or "info"
-        return [
-            {"message": f"{where}{p['message']}", "timestamp": format_timestamp(int(p["time_us"])), "log_level": level}
-        ]
+        return event_items(record.payload)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -360,106 +315,3 @@ class Uploader:
 
     def _save(self) -> None:
         self.state.save(self._state_path)
-
-
-def _kind(rtype: RecordType) -> str:
-    if rtype == RecordType.METRICS:
-        return "metrics"
-    if rtype == RecordType.EVENT:
-        return "events"
-    return "run"
-
-
-def _job_metadata(job: dict[str, Any]) -> dict[str, Any]:
-    keys = ("ranks", "launcher", "host", "slurm_job_id", "slurm_nodelist", "aggregator", "transport")
-    return {k: job.get(k) for k in keys if job.get(k) is not None}
-
-
-def _approx_size(item: dict[str, Any]) -> int:
-    """msgpack size of one metric or event record, closely enough for the 1 MB limit."""
-    values = item.get("values")
-    if values is not None:
-        return 64 + sum(len(k) + 10 for k in values)
-    return 64 + len(item.get("message", ""))
-
-
-# ---------------------------------------------------------------------------------------------- locking
-@contextlib.contextmanager
-def upload_lock(run_dir: Path) -> Iterator[IO[str]]:
-    """Only one uploader per run (live or sync): StoreError when another holds it."""
-    path = Path(run_dir) / LOCK_NAME
-    fh = open(path, "a+")  # noqa: SIM115 - held for the duration of the context
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise StoreError(f"run {Path(run_dir).name} is being uploaded by {holder}") from None
-    except OSError as exc:  # file systems without flock: proceed, uploads are still resumable
-        log.debug("no lock on %s: %s", path, exc)
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        fh.flush()
-        yield fh
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-# ---------------------------------------------------------------------------------------------- live upload
-class LiveUpload:
-    """The uploader as a thread beside the aggregator, while the run goes on."""
-
-    LIVE_POLICY = RetryPolicy(total=2, backoff_max=5.0)
-
-    def __init__(self, run_dir: Path, settings: ServerSettings) -> None:
-        self._run_dir = Path(run_dir)
-        self._settings = settings
-        self._stop = threading.Event()
-        self._done = threading.Event()
-        self._lock_cm = upload_lock(self._run_dir)
-        self._lock_cm.__enter__()
-        self._uploader = Uploader(self._run_dir, SimvueClient(settings, policy=self.LIVE_POLICY), settings, live=True)
-        self._thread = threading.Thread(target=self._main, name="simvue_hpc-upload", daemon=True)
-        self._thread.start()
-
-    @property
-    def abort_requested(self) -> bool:
-        return self._uploader.abort_requested
-
-    def _main(self) -> None:
-        delay = 0.0
-        try:
-            while not self._stop.wait(delay):
-                try:
-                    if self._uploader.poll():
-                        self._done.set()
-                        return
-                    delay = 0.2
-                except ServerUnavailable as exc:
-                    delay = min(max(delay * 2, 1.0), 30.0)
-                    log.warning("upload paused, the server is unavailable (%s); retrying in %.0f s", exc, delay)
-                except (ValidationError, ServerError, StoreError) as exc:
-                    log.error("upload of run %s stopped: %s; it stays in the local store", self._run_dir.name, exc)
-                    return
-        finally:
-            self._uploader.client.close()
-
-    def finish(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the upload to complete; True if it did."""
-        self._thread.join(timeout)  # the thread ends when the upload is complete, or cannot go on
-        done = self._done.is_set()
-        self._stop.set()
-        self._thread.join(5)
-        self._lock_cm.__exit__(None, None, None)
-        if not done:
-            log.warning(
-                "run %s: the upload did not finish within %.0f s; the rest stays in the local store: "
-                "run `simvue-hpc sync %s` to finish it",
-                self._run_dir.name, timeout, self._run_dir.name,
-            )  # fmt: skip
-        return done

@@ -1,0 +1,382 @@
+"""A rank's connection to the run's aggregator: the handshake, then an I/O thread around the outbox.
+
+``log`` is :meth:`Outbox.add` itself (no frame of its own). The I/O thread owns the DEALER socket
+(ZeroMQ sockets are not thread-safe): it takes METRICS messages from the outbox when they are due,
+sends control messages (events, alerts, status), file bytes, heartbeats and resource samples, hands
+everything to ZeroMQ until it would block, and finally says goodbye and waits for the
+acknowledgement. What it cannot do any more (the thread failed, the aggregator stopped the run or
+went silent) reaches the caller as one :class:`~simvue_hpc.errors.RunStopped` on the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import transport
+from ._version import __version__
+from .config import HPCSettings
+from .errors import AggregatorUnreachable, ProtocolError, SimvueHPCError, TransportError
+from .outbox import Every, Outbox
+from .protocol import (
+    FileChunk,
+    FileOffer,
+    FileReply,
+    Goodbye,
+    GoodbyeAck,
+    Heartbeat,
+    Hello,
+    Message,
+    Notice,
+    Reject,
+    Welcome,
+    decode,
+    encode,
+)
+from .resources import ResourceSampler
+
+log = logging.getLogger(__name__)
+
+FILE_CHUNK_BYTES = 1 << 20
+FILE_CHUNKS_IN_FLIGHT = 8
+SNDHWM = 64
+PUMP_RETRY = 0.005  # how soon the I/O thread tries again when ZeroMQ would block
+
+
+@dataclass
+class _FileWait:
+    event: threading.Event = field(default_factory=threading.Event)
+    replies: deque[FileReply] = field(default_factory=deque)
+
+
+class Reporter:
+    """One process's connection to the run's aggregator."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        secret: str,
+        rank: int,
+        size: int,
+        settings: HPCSettings,
+        reductions: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self._hello = Hello(
+            secret=secret,
+            rank=rank,
+            size=size,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            client=f"simvue_hpc-python {__version__}",
+            reductions=dict(reductions or {}),
+        )
+        self.rank = rank
+        self.run_id = ""
+        self.run_name = ""
+        self.outbox = Outbox(
+            batch_points=settings.batch_points,
+            max_points=settings.max_buffered_points,
+            flush_interval=settings.flush_interval,
+            overflow=settings.overflow,
+            overflow_timeout=settings.overflow_timeout,
+            wake=self._wake,
+            rank=rank,
+        )
+        self.log = self.outbox.add  # the hot path, without a frame of this class
+        self._controls: deque[tuple[Message, bool]] = deque()
+        self._queue: deque[tuple[list[Any], int, bool]] = deque()  # encoded, waiting for ZeroMQ
+        self._seq = 1
+        self._file_waits: dict[str, _FileWait] = {}
+        self._chunk_slots = threading.Semaphore(FILE_CHUNKS_IN_FLIGHT)
+        self._closed = False
+        self._close_timeout = settings.close_timeout
+        self._detached_reason: str | None = None
+        self.abort_reason: str | None = None  # set by the aggregator's abort notice
+        self.acknowledged = False
+        self._ctx: Any = None
+        self._sock: Any = None
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def secret(self) -> str:
+        return self._hello.secret
+
+    @property
+    def sent_points(self) -> int:
+        return self.outbox.sent_points
+
+    @property
+    def dropped_points(self) -> int:
+        return self.outbox.dropped_points
+
+    # ------------------------------------------------------------------------------------------ start
+    def start(self) -> Welcome:
+        """Handshake with the aggregator, then start the I/O thread."""
+        self._ctx = transport.context()
+        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM, self._hello.secret)
+        transport.send(self._sock, encode(self._hello, 0), block=True)
+        reply = self._await_welcome()
+        self.rank, self.run_id, self.run_name = reply.rank, reply.run_id, reply.run_name
+        self.outbox.rank = reply.rank
+        sampler = None
+        with contextlib.suppress(Exception):  # an odd sandbox without /proc: then no resource metrics
+            # Made here, not in the I/O thread: an import in a thread racing a fork (pool workers)
+            # leaves the child's import lock held by a thread that does not exist there.
+            sampler = ResourceSampler(self.run_id)
+        self._thread = threading.Thread(target=self._run, args=(sampler,), name="simvue_hpc-io", daemon=True)
+        self._thread.start()
+        return reply
+
+    def _await_welcome(self) -> Welcome:
+        deadline = time.monotonic() + self.settings.connect_timeout
+        poller = transport.poller((self._sock, transport.POLLIN))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
+                self._shutdown_socket()
+                raise AggregatorUnreachable(
+                    f"no answer from the aggregator at {self.endpoint} within {self.settings.connect_timeout} s"
+                )
+            frames = transport.recv(self._sock)
+            if frames is None:
+                continue
+            try:
+                _, reply = decode(frames)
+            except ProtocolError as exc:
+                self._shutdown_socket()
+                raise TransportError(f"the aggregator at {self.endpoint} speaks another protocol: {exc}") from None
+            if isinstance(reply, Welcome):
+                return reply
+            if isinstance(reply, Reject):
+                self._shutdown_socket()
+                raise TransportError(f"the aggregator refused this rank: {reply.reason}")
+
+    # ------------------------------------------------------------------------------------------ control path
+    def send(self, message: Message) -> None:
+        """Queue a control message (event, run update, alert, status) behind what is buffered."""
+        if self._closed or self.outbox.closing:
+            raise SimvueHPCError("this run is closed")
+        self._controls.append((message, False))
+        self._wake()
+
+    def save(self, path: Path, name: str, category: str, mime_type: str) -> str:
+        """Send a file unless the aggregator already holds its checksum; returns the sha256."""
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(FILE_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        sha = digest.hexdigest()
+        wait = self._file_waits.setdefault(sha, _FileWait())
+        deadline = time.monotonic() + self.settings.file_timeout
+        self.send(FileOffer(sha, size, name, category, str(path.resolve()), mime_type, time.time_ns()))
+        try:
+            while True:
+                reply = self._next_file_reply(wait, deadline, name)
+                if reply.status == "stored":
+                    return sha
+                if reply.status == "error":
+                    raise TransportError(f"file {name!r} was not stored: {reply.reason}")
+                self._stream_file(path, sha, size, deadline)
+        finally:
+            self._file_waits.pop(sha, None)
+
+    def _next_file_reply(self, wait: _FileWait, deadline: float, name: str) -> FileReply:
+        while not wait.replies:
+            wait.event.clear()
+            if wait.replies:
+                break
+            if self._detached_reason:
+                raise TransportError(f"file {name!r} was not stored: {self._detached_reason}")
+            if not wait.event.wait(max(0.0, deadline - time.monotonic())):
+                raise TransportError(
+                    f"file {name!r}: no answer from the aggregator within {self.settings.file_timeout} s"
+                )
+        return wait.replies.popleft()
+
+    def _stream_file(self, path: Path, sha: str, size: int, deadline: float) -> None:
+        offset = 0
+        with open(path, "rb") as fh:
+            while True:
+                data = fh.read(FILE_CHUNK_BYTES)
+                final = offset + len(data) >= size or not data
+                if not self._chunk_slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    raise TransportError(f"file {path}: the aggregator did not take it within the timeout")
+                self._controls.append((FileChunk(sha, offset, final, data), True))
+                self._wake()
+                offset += len(data)
+                if final:
+                    return
+
+    # ------------------------------------------------------------------------------------------ close
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush everything, say goodbye and wait for the acknowledgement; True if acknowledged.
+
+        Never waits longer than ``timeout`` (default ``close_timeout``)."""
+        if self._closed:
+            return self.acknowledged
+        self._close_timeout = self.settings.close_timeout if timeout is None else timeout
+        self.outbox.close()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(self._close_timeout + 5)
+        self._closed = True
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        return self.acknowledged
+
+    def abandon(self) -> None:
+        """Forget the connection without I/O (in a forked child, whose sockets belong to the parent)."""
+        self._closed = True
+        self._thread = None
+        self._sock = None
+        self._ctx = None
+
+    # ------------------------------------------------------------------------------------------ I/O thread
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: already signalled (the pipe is full)
+            os.write(self._wake_w, b"\x01")
+
+    def _run(self, sampler: ResourceSampler | None) -> None:
+        try:
+            self._loop(sampler)
+        except Exception:
+            log.exception("rank %d: the simvue_hpc I/O thread failed", self.rank)
+            self._detached_reason = "the I/O thread failed"
+        finally:
+            if sampler is not None:
+                sampler.close()
+            transport.close(self._sock)
+            self._ctx.term()
+            for wait in self._file_waits.values():
+                wait.event.set()
+
+    def _loop(self, sampler: ResourceSampler | None) -> None:
+        poller = transport.poller((self._sock, transport.POLLIN), (self._wake_r, transport.POLLIN))
+        outbox = self.outbox
+        now = time.monotonic()
+        heartbeat = Every(self.settings.heartbeat_interval, now)
+        resources = Every(self.settings.system_metrics_interval, now)
+        close_deadline: float | None = None
+        goodbye_queued = False
+        while True:
+            now = time.monotonic()
+            wake_at = min(heartbeat.at, resources.at, outbox.deadline(now) or heartbeat.at)
+            if self._queue:
+                wake_at = min(wake_at, now + PUMP_RETRY)
+            if close_deadline is not None:
+                wake_at = min(wake_at, close_deadline)
+            events = dict(poller.poll(int(max(0.0, wake_at - now) * 1000)))
+            if self._wake_r in events:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            if self._sock in events:
+                self._receive()
+            now = time.monotonic()
+            while self._controls:
+                message, is_chunk = self._controls.popleft()
+                self._enqueue(message, 0, is_chunk)
+            if outbox.due(now):
+                taken = outbox.take(now)
+                if taken is not None:
+                    self._enqueue(taken[0], taken[1], False)
+            closing = outbox.closing
+            if closing and close_deadline is None:
+                close_deadline = now + self._close_timeout
+            if closing and not goodbye_queued and outbox.empty and not self._controls:
+                goodbye = Goodbye(
+                    outbox.sent_points + outbox.queued_points, outbox.dropped_points, dict(outbox.dropped)
+                )
+                self._enqueue(goodbye, 0, False)
+                goodbye_queued = True
+            self._pump()
+            if resources.due(now) and sampler is not None and not closing:
+                self._enqueue(sampler.sample(), 0, False)
+                self._pump()
+            if heartbeat.due(now) and not self._queue and not closing:
+                self._enqueue(Heartbeat(time.time_ns(), outbox.sent_points, outbox.dropped_points), 0, False)
+                self._pump()
+            if self.acknowledged or self._detached_reason:
+                return
+            if close_deadline is not None and time.monotonic() >= close_deadline:
+                log.warning(
+                    "rank %d: the aggregator did not acknowledge the goodbye within %.0f s; "
+                    "%d point(s) sent or queued may not have been stored",
+                    self.rank,
+                    self._close_timeout,
+                    outbox.sent_points + outbox.queued_points,
+                )
+                return
+
+    def _enqueue(self, message: Message, points: int, is_chunk: bool) -> None:
+        self._queue.append((encode(message, self._seq), points, is_chunk))
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+
+    def _pump(self) -> None:
+        """Hand the queue to ZeroMQ until it would block."""
+        freed = 0
+        while self._queue:
+            frames, points, is_chunk = self._queue[0]
+            if not transport.send(self._sock, frames):
+                break
+            self._queue.popleft()
+            freed += points
+            if is_chunk:
+                self._chunk_slots.release()
+        if freed:
+            self.outbox.sent(freed)
+
+    def _receive(self) -> None:
+        while (frames := transport.recv(self._sock)) is not None:
+            try:
+                _, message = decode(frames)
+            except SimvueHPCError as exc:
+                log.warning("rank %d: undecodable message from the aggregator: %s", self.rank, exc)
+                continue
+            if isinstance(message, GoodbyeAck):
+                self.acknowledged = True
+            elif isinstance(message, FileReply):
+                wait = self._file_waits.get(message.sha256)
+                if wait is not None:
+                    wait.replies.append(message)
+                    wait.event.set()
+            elif isinstance(message, Reject):
+                log.error("rank %d: the aggregator stopped taking data: %s", self.rank, message.reason)
+                self._detached_reason = message.reason
+            elif isinstance(message, Notice) and message.kind == "abort":
+                self._abort(message.message)
+            elif isinstance(message, Notice):
+                log.warning("rank %d: aggregator notice (%s): %s", self.rank, message.kind, message.message)
+
+    def _abort(self, reason: str) -> None:
+        """The run was aborted: the next ``log`` raises RunAborted in the calling thread, or, with
+        ``on_abort="terminate"``, the process gets SIGTERM (handled in its main thread, which flushes
+        and closes on the way out; never an exit from this thread)."""
+        if self.abort_reason is not None:
+            return
+        self.abort_reason = reason or "abort requested"
+        self.outbox.abort(self.abort_reason)
+        log.warning("rank %d: the run was aborted: %s", self.rank, self.abort_reason)
+        if self.settings.on_abort == "terminate":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _shutdown_socket(self) -> None:
+        transport.close(self._sock)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._sock = None

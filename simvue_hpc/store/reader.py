@@ -1,0 +1,243 @@
+"""Reading a run's record log: records one by one, a run folded into a :class:`RunView`, lookup.
+
+Readers never lock: they may run while the aggregator is still appending, and then see a
+consistent prefix of the log. The reader stops, silently, at the first record that is torn or
+corrupt (see :mod:`simvue_hpc.store.format` for what makes a record valid): a run killed
+mid-write keeps every record before the torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ConfigurationError, RunNotFound, StoreError
+from ..records import Record, RecordType
+from .format import HEADER_SIZE, RECORD, RECORD_HEADER_SIZE, RECORDS_NAME, check_header, decode_record
+
+__all__ = ["MetricSeries", "RunView", "find_run", "list_runs", "load_run", "read_records"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MetricSeries:
+    """Every point of one metric, in record order."""
+
+    step: npt.NDArray[np.int64]
+    time_us: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    late: int = 0  # points that came in records flagged late
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+@dataclass
+class RunView:
+    """A run folded from its records: the state a reader (CLI, uploader) needs."""
+
+    id: str
+    run_dir: Path
+    name: str | None = None
+    folder: str = "/"
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_us: int | None = None
+    system: dict[str, Any] = field(default_factory=dict)
+    job: dict[str, Any] = field(default_factory=dict)
+    status: str = "created"
+    ended_us: int | None = None
+    end: dict[str, Any] | None = None  # the END payload (missing/lost ranks, counters)
+    ranks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alert_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> its last ALERT_STATE
+    folder_details: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, MetricSeries] = field(default_factory=dict)
+
+
+def read_records(path: Path | str, start: int = HEADER_SIZE) -> Iterator[Record]:
+    """Yield the records of a log from offset start, stopping silently at a torn or corrupt one.
+
+    Raises StoreError if the file cannot be read or its header is missing or not ours.
+    """
+    path = Path(path)
+    if start < HEADER_SIZE:
+        raise ConfigurationError(f"start must be >= {HEADER_SIZE}, got {start}")
+    try:
+        with open(path, "rb") as f:
+            check_header(f.read(HEADER_SIZE), path)
+            size = os.fstat(f.fileno()).st_size
+            offset = f.seek(start)
+            while True:
+                head = f.read(RECORD_HEADER_SIZE)
+                if len(head) < RECORD_HEADER_SIZE:
+                    return
+                length, crc, code = RECORD.unpack(head)
+                end = offset + RECORD_HEADER_SIZE + length
+                if end > size:  # the writer may have appended since; never read past the end
+                    size = os.fstat(f.fileno()).st_size
+                    if end > size:
+                        return
+                data = f.read(length)
+                if len(data) < length or zlib.crc32(data, zlib.crc32(head[8:])) != crc:
+                    return
+                record = decode_record(offset, end, code, data)
+                if record is None:
+                    return
+                yield record
+                offset = end
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+
+
+def load_run(run_dir: Path | str) -> RunView:
+    """Fold a run's records into a RunView; metrics are concatenated once, at the end."""
+    run_dir = Path(run_dir)
+    view = RunView(id=run_dir.name, run_dir=run_dir)
+    names: dict[str, int] = {}  # metric name -> global id, in order of first appearance
+    gids: list[npt.NDArray[np.int64]] = []
+    steps: list[npt.NDArray[np.int64]] = []
+    times: list[npt.NDArray[np.int64]] = []
+    values: list[npt.NDArray[np.float64]] = []
+    late_flags: list[bool] = []
+    for rec in read_records(run_dir / RECORDS_NAME):
+        p = rec.payload
+        match rec.type:
+            case RecordType.METRICS:
+                lookup = np.array([names.setdefault(n, len(names)) for n in p["names"]], dtype=np.int64)
+                gids.append(lookup[p["name_id"]])
+                steps.append(p["step"])
+                times.append(p["time_us"])
+                values.append(p["value"])
+                late_flags.append(p["late"])
+            case RecordType.RUN:
+                view.id = str(p.get("id") or view.id)
+                view.name = p.get("name")
+                view.folder = p.get("folder") or "/"
+                view.description = p.get("description")
+                view.tags = _union([], p.get("tags") or [])
+                view.metadata = dict(p.get("metadata") or {})
+                view.created_us = p.get("created_us")
+                view.system = dict(p.get("system") or {})
+                view.job = dict(p.get("job") or {})
+            case RecordType.RUN_UPDATE:
+                for key in ("name", "description", "folder"):
+                    if key in p:
+                        setattr(view, key, p[key])
+                view.metadata.update(p.get("metadata") or {})
+                view.tags = _union(view.tags, p.get("tags") or [])
+            case RecordType.STATUS:
+                view.status = p.get("status", view.status)
+            case RecordType.END:
+                view.status = p.get("status", view.status)
+                view.ended_us = p.get("time_us")
+                view.end = p
+            case RecordType.RANK if isinstance(p.get("rank"), int):
+                view.ranks[p["rank"]] = p
+            case RecordType.EVENT:
+                view.events.append(p)
+            case RecordType.FILE:
+                view.files.append(p)
+            case RecordType.ALERT:
+                view.alerts.append(p)
+            case RecordType.ALERT_STATE:
+                view.alert_states[str(p.get("name"))] = p
+            case RecordType.FOLDER:
+                view.folder_details.append(p)
+    if gids:
+        gid = np.concatenate(gids)
+        order = np.argsort(gid, kind="stable")  # groups points by metric, keeping record order
+        lengths = [len(g) for g in gids]
+        late = np.repeat(np.array(late_flags, dtype=bool), lengths)[order]
+        step = np.concatenate(steps)[order]
+        time_us = np.concatenate(times)[order]
+        value = np.concatenate(values)[order]
+        bounds = np.cumsum(np.bincount(gid, minlength=len(names)))
+        lo = 0
+        for name, i in names.items():
+            hi = int(bounds[i])
+            if hi > lo:
+                view.metrics[name] = MetricSeries(
+                    step[lo:hi], time_us[lo:hi], value[lo:hi], int(np.count_nonzero(late[lo:hi]))
+                )
+            lo = hi
+    return view
+
+
+def _union(tags: list[str], more: Sequence[str]) -> list[str]:
+    """Tags in tags, then the new ones of more, each once, order kept."""
+    out = list(tags)
+    for tag in more:
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """The directories of root that hold a record log (others, e.g. simvue's own, are ignored)."""
+    try:
+        if not root.is_dir():
+            return []
+        return sorted(d for d in root.iterdir() if (d / RECORDS_NAME).is_file())
+    except OSError as exc:
+        raise StoreError(f"cannot list {root}: {exc}") from exc
+
+
+def list_runs(root: Path | str) -> list[RunView]:
+    """Every readable run under root, oldest first; unreadable ones are logged and skipped."""
+    views = []
+    for run_dir in _run_dirs(Path(root)):
+        try:
+            views.append(load_run(run_dir))
+        except StoreError as exc:
+            logger.warning("skipping run %s: %s", run_dir.name, exc)
+    views.sort(key=lambda v: (v.created_us or 0, v.id))
+    return views
+
+
+def _run_name(run_dir: Path) -> str | None:
+    """The run's current name (RUN, then RUN_UPDATE), or None if it has none or is unreadable."""
+    name = None
+    try:
+        for rec in read_records(run_dir / RECORDS_NAME):
+            if rec.type in (RecordType.RUN, RecordType.RUN_UPDATE) and "name" in rec.payload:
+                name = rec.payload["name"]
+    except StoreError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def find_run(root: Path | str, key: str) -> Path:
+    """The directory of the run whose id is key, or whose id starts with / name equals key.
+
+    An exact id wins; otherwise id prefixes and names are matched together, and anything but
+    exactly one match raises RunNotFound (listing the candidates when ambiguous).
+    """
+    root = Path(root)
+    if not key:
+        raise RunNotFound("empty run id or name")
+    dirs = _run_dirs(root)
+    for run_dir in dirs:
+        if run_dir.name == key:
+            return run_dir
+    named = {d: _run_name(d) for d in dirs}
+    matches = [d for d in dirs if d.name.startswith(key) or named[d] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunNotFound(f"no run in {root} has id or name {key!r}")
+    listing = ", ".join(f"{d.name} ({named[d] or 'unnamed'})" for d in matches[:10])
+    more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+    raise RunNotFound(f"{key!r} matches {len(matches)} runs: {listing}{more}")
