@@ -352,6 +352,7 @@ class ProcessHost:
             raise TransportError(f"the aggregator process did not start: {reason}")
         self.endpoint: str = answer["endpoint"]
         self.uploaded: bool | None = None
+        self._run_id = spec.run_id
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -371,6 +372,8 @@ class ProcessHost:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self.endpoint.startswith("ipc://"):
+            transport.remove_ipc_file(self._run_id)  # left behind if the child was killed
         if answer:
             self.uploaded = answer.get("uploaded")
         return answer.get("status") if answer else None
