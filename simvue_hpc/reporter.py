@@ -127,7 +127,7 @@ class Reporter:
     def start(self) -> Welcome:
         """Handshake with the aggregator, then start the I/O thread."""
         self._ctx = transport.context()
-        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM)
+        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM, self._hello.secret)
         transport.send(self._sock, encode(self._hello, 0), block=True)
         reply = self._await_welcome()
         self.rank, self.run_id, self.run_name = reply.rank, reply.run_id, reply.run_name

@@ -51,7 +51,7 @@ def test_user_and_event_alerts(store: Path) -> None:
         run.create_event_alert("diverged", "diverg", frequency=FAST_MINUTES)
         run.log_alert(name="manual", state="critical")
         run.event("the solver diverged at step 10")
-        time.sleep(0.8)
+        wait_until(lambda: any("'diverged' is critical" in e["message"] for e in only_run(store).events), 30)
     view = only_run(store)
     assert view.alert_states["manual"]["status"] == "critical"
     assert any("'diverged' is critical" in e["message"] for e in view.events)
