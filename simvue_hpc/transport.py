@@ -105,6 +105,25 @@ def poller(*items: tuple[Any, int]) -> zmq.Poller:
     return p
 
 
+def watch_connection(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    """A socket that reports when ``sock`` connects to its peer and when that connection drops
+    (a dead aggregator process closes its end at once); read it with :func:`connection_changes`."""
+    return sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+
+
+def connection_changes(monitor: zmq.Socket[Any]) -> list[bool]:
+    """The changes the monitor has seen since the last call: True connected, False disconnected."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    changes: list[bool] = []
+    while True:
+        try:
+            event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return changes
+        changes.append(event["event"] == zmq.EVENT_CONNECTED)
+
+
 def close(sock: zmq.Socket[Any] | None, linger_ms: int = 0) -> None:
     """Close a socket without ever waiting longer than ``linger_ms``."""
     if sock is not None and not sock.closed:
