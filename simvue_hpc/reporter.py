@@ -153,7 +153,8 @@ class Reporter:
     def start(self) -> Welcome:
         """Handshake with the aggregator, then start the I/O thread."""
         self._ctx = transport.context()
-        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM)
+        s = self.settings  # an aggregator that stops answering ZeroMQ's pings is as gone as a dead one
+        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM, s.heartbeat_interval, s.rank_timeout)
         transport.send(self._sock, encode(self._hello, 0), block=True)
         try:
             reply = self._await_welcome()

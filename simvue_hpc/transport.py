@@ -61,12 +61,21 @@ def bind_router(ctx: zmq.Context[Any], kind: str, run_id: str, rcvhwm: int = 10_
     return sock, endpoint
 
 
-def connect_dealer(ctx: zmq.Context[Any], endpoint: str, sndhwm: int) -> zmq.Socket[Any]:
-    """A rank's DEALER connected to ``endpoint``; at most ``sndhwm`` messages queue inside zmq."""
+def connect_dealer(
+    ctx: zmq.Context[Any], endpoint: str, sndhwm: int, ping: float = 0.0, ping_timeout: float = 0.0
+) -> zmq.Socket[Any]:
+    """A rank's DEALER connected to ``endpoint``; at most ``sndhwm`` messages queue inside zmq.
+
+    With ``ping`` (seconds), ZeroMQ pings the peer that often and drops the connection when no
+    answer came within ``ping_timeout``: a stopped or unreachable aggregator then shows as a
+    disconnection (:func:`watch_connection`), like a dead one."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.RCVHWM, 1000)
     sock.setsockopt(zmq.LINGER, 0)
+    if ping > 0:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(ping * 1000)))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(max(ping_timeout, ping) * 1000)))
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
@@ -106,9 +115,10 @@ def poller(*items: tuple[Any, int]) -> zmq.Poller:
 
 
 def watch_connection(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
-    """A socket that reports when ``sock`` connects to its peer and when that connection drops
-    (a dead aggregator process closes its end at once); read it with :func:`connection_changes`."""
-    return sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    """A socket that reports when ``sock`` has a working connection to its peer (the ZeroMQ
+    handshake done, not merely a TCP connection: a stopped process's kernel still accepts those) and
+    when it drops (a dead aggregator closes its end at once); read it with :func:`connection_changes`."""
+    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 
 
 def connection_changes(monitor: zmq.Socket[Any]) -> list[bool]:
@@ -121,7 +131,7 @@ def connection_changes(monitor: zmq.Socket[Any]) -> list[bool]:
             event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
         except zmq.Again:
             return changes
-        changes.append(event["event"] == zmq.EVENT_CONNECTED)
+        changes.append(event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 def close(sock: zmq.Socket[Any] | None, linger_ms: int = 0) -> None:

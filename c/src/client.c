@@ -953,6 +953,12 @@ static int handshake(svh_client *c, const char *client, size_t nred, const svh_r
                 return svh_set_error(SVH_EIO, "the aggregator assigned rank out of range");
             }
             c->rank = (int)r.rank;
+            /* the aggregator's share of its message-rate budget: never flush more often than that */
+            if (r.flush_interval > 0) {
+                double ms = r.flush_interval * 1000.0;
+                int welcome_ms = ms >= 3600000.0 ? 3600000 : (int)ms + ((double)(int)ms < ms); /* rounded up */
+                if (welcome_ms > c->opt.flush_interval_ms) c->opt.flush_interval_ms = welcome_ms;
+            }
             c->run_id = r.run_id;
             c->run_name = r.run_name;
             r.run_id = r.run_name = NULL;

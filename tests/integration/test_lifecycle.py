@@ -238,16 +238,22 @@ def _aggregator_pid() -> int:
     return int(child.pid)
 
 
-def test_a_killed_aggregator_is_an_error_on_every_rank_and_nobody_waits(store: Path) -> None:
-    """SIGKILL of the aggregator: the ranks used to log on into the void and wait the whole close
-    timeout. Now the next call raises AggregatorLost once and close() does not wait for an answer."""
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_dead_or_stopped_aggregator_is_an_error_on_every_rank_and_nobody_waits(
+    store: Path, monkeypatch: pytest.MonkeyPatch, how: signal.Signals
+) -> None:
+    """The aggregator killed (its connections close) or stopped (it no longer answers ZeroMQ's
+    pings): the ranks used to log on into the void and wait the whole close timeout. Now the next
+    call raises AggregatorLost once and close() does not wait for an answer."""
+    monkeypatch.setenv("SIMVUE_HPC_RANK_TIMEOUT", "2")  # how long unanswered pings mean "gone"
     run = Simvue(close_timeout=600)
-    run.init(name="killed-aggregator")
+    run.init(name="lost-aggregator")
     other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_STOPPED], stdout=subprocess.PIPE, text=True)
+    aggregator = _aggregator_pid()
     try:
         run.log({"v": 0.0})
         wait_until(lambda: len(only_run(store).ranks) == 2, 60, what="the other rank to join")
-        os.kill(_aggregator_pid(), signal.SIGKILL)
+        os.kill(aggregator, how)
         with pytest.raises(RunStopped):  # AggregatorLost, once; the calls before it are buffered
             for step in range(1, 20_000):
                 run.log({"v": float(step)})
@@ -259,4 +265,5 @@ def test_a_killed_aggregator_is_an_error_on_every_rank_and_nobody_waits(store: P
         if other.poll() is None:
             other.kill()
             other.wait()
+        os.kill(aggregator, signal.SIGKILL)
     run.close()  # returns: the error was raised already
