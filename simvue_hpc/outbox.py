@@ -234,7 +234,7 @@ class Outbox:
         halt = self._halt
         if isinstance(halt, RunAborted):
             raise RunAborted(str(halt))
-        self.check_running()
+        self.stopped_here()
         with self._lock:
             self.dropped_calls += 1
             if isinstance(metrics, Mapping):
@@ -242,16 +242,16 @@ class Outbox:
                 self._count_dropped(metrics, use if isinstance(use, int) else self._next_step)
         return False
 
-    def check_running(self) -> None:
-        """Raise the reason the run stopped taking data, the first time only (then calls drop)."""
+    def stopped_here(self) -> bool:
+        """Whether the run stopped taking this rank's data (an abort aside). The first call that
+        finds it stopped raises the reason (a RunStopped); later ones return True: the caller drops."""
         halt = self._halt
-        if halt is None:
-            return
-        if isinstance(halt, RunAborted):
-            raise RunAborted(str(halt))
+        if halt is None or isinstance(halt, RunAborted):
+            return False
         if not self._stopped_raised:
             self._stopped_raised = True
             raise halt
+        return True
 
     def abort(self, reason: str) -> None:
         """The run was aborted: every later ``add`` raises RunAborted."""

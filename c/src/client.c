@@ -230,6 +230,16 @@ static int relay_path(char *out, size_t len, const char *run_id) {
     return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
+/* Whether an endpoint is a node relay's (ipc://<dir>/simvue_hpc-<run id>-<node>.sock) rather than the
+ * aggregator's (ipc://<dir>/simvue_hpc-<run id>.sock or tcp): a relay's socket file is private to the job's
+ * user and never crosses the network, so it is reached without CURVE (simvue_hpc/relay/placement.py). */
+static int is_relay_endpoint(const char *endpoint) {
+    if (strncmp(endpoint, "ipc://", 6) != 0) return 0;
+    const char *base = strrchr(endpoint, '/');
+    base = base ? base + 1 : endpoint;
+    return strncmp(base, "simvue_hpc-", 11) == 0 && strchr(base + 11, '-') != NULL;
+}
+
 /* SIMVUE_HPC_HIERARCHY: "flat" (or unset) connects to SIMVUE_HPC_ENDPOINT; "node" to this node's relay
  * (the ranks of a node pre-reduce there); "auto" to the relay if its socket exists, else flat. */
 static int relay_from_env(svh_options *o) {
@@ -1120,7 +1130,7 @@ svh_client *svh_connect_opts(const svh_options *o) {
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (set_curve_keys(c->sock, c->secret) != SVH_OK) {
+    if (!is_relay_endpoint(c->endpoint) && set_curve_keys(c->sock, c->secret) != SVH_OK) {
         free(red);
         client_free(c);
         return NULL;
