@@ -58,6 +58,19 @@ class HPCSettings:
     system_metrics_interval: float = 30.0  # how often each rank reports its CPU, memory (and GPUs)
     terminate_grace: float = 5.0  # after SIGTERM, how long the aggregator waits for the ranks' last data
     on_abort: str = "raise"  # when the run is aborted: log() raises RunAborted, or the rank gets SIGTERM
+    # the aggregator's bounds: what passes one is dropped, counted and recorded once (an event)
+    message_rate_budget: float = 20_000.0  # METRICS messages per second from all ranks: sets their flush interval
+    max_metrics: int = 10_000  # distinct metric names per run
+    max_open_steps: int = 100_000  # steps of one metric waiting to be final
+    peer_margin: int = 64  # ranks beyond the expected number (the world size) that may join; pools: max_peers
+    max_peers: int = 4096  # ranks at once when their number is not known in advance (pools, the sidecar)
+    # What one peer may cost the aggregator (see transport.Limits): a larger message disconnects its sender;
+    # at most peer_buffer_bytes queue per peer; the listen backlog for connect storms; the seconds a peer
+    # has to finish its (authenticated) handshake before it is dropped.
+    max_message_bytes: int = 64 << 20
+    peer_buffer_bytes: int = 1 << 30
+    backlog: int = 4096
+    handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
