@@ -14,8 +14,9 @@ from ..config import ServerSettings
 from ..errors import ServerError, StoreError
 from ..records import Record, RecordType
 from ..server import SimvueClient, format_timestamp
-from ..store import FILES_DIR, RECORDS_NAME, read_records
-from .batches import build_batch, is_rejection, missing_metrics, stored_events
+from ..store import FILES_DIR, RECORDS_NAME, Damage, read_records
+from .batches import build_batch, missing_metrics, stored_events
+from .deadletters import DeadLetters
 from .items import (
     FINAL_STATUSES,
     UID_KEY,
@@ -39,7 +40,7 @@ SCAN_BYTES = 8 << 20  # records read per round, so one round stays short
 STREAMS = ("run", "metrics", "events")
 
 
-class Uploader:
+class Uploader(DeadLetters):
     """One run's replay. :meth:`poll` does one round of work; call it until it returns True."""
 
     def __init__(
@@ -66,6 +67,7 @@ class Uploader:
         self.state.server = settings.api_url or ""
         self._run: dict[str, Any] = {}
         self._scan_end: int | None = None
+        self._valid_end: int | None = None  # the end of the last readable record, once a scan got there
         self._end: Record | None = None
         self._load_run_record()
         self._last_post = {"metrics": -1e18, "events": -1e18}
@@ -114,9 +116,12 @@ class Uploader:
 
     def caught_up(self) -> bool:
         """Everything the store holds now is on the server (an END, if any, waits to be sent)."""
-        size = self._records.stat().st_size
-        end = self._end.offset if self._end is not None else size
-        return self.state.done or (self._cursor("run")[0] >= end and self.caught_up_to(size))
+        if self.state.done:
+            return True
+        if self._valid_end is None:  # not scanned to the end yet
+            return False
+        end = self._end.offset if self._end is not None else self._valid_end
+        return self._cursor("run")[0] >= end and self.caught_up_to(self._valid_end)
 
     @property
     def ended(self) -> bool:
@@ -149,7 +154,10 @@ class Uploader:
         start = min(self._cursor(k)[0] for k in STREAMS)
         out: dict[str, list[Record]] = {"run": [], "metrics": [], "events": []}
         self._scan_end = None
-        for record in read_records(self._records, start) if start else read_records(self._records):
+        self._valid_end = None
+        damage: list[Damage] = []
+        records = read_records(self._records, start, damage) if start else read_records(self._records, damage=damage)
+        for record in records:
             kind = kind_of(record.type)
             if record.offset >= self._cursor(kind)[0]:
                 out[kind].append(record)
@@ -161,6 +169,9 @@ class Uploader:
             self._scan_end = record.end
             if record.end - start > SCAN_BYTES:
                 break
+        else:  # the scan reached the end of what can be read
+            self._valid_end = self._scan_end if self._scan_end is not None else start
+        self._note_damage(damage)
         return out
 
     def _note_time(self, record: Record) -> None:
@@ -395,80 +406,13 @@ class Uploader:
             items = self._rebuild(kind, pending)
             done = stored_events(self._call(self.client.event_count, self.state.run_id), pending["before"], len(items))
             self._send(kind, items[done:], pending, total=len(items))
-        else:  # dead letters
-            done = stored_events(
-                self._call(self.client.event_count, self.state.run_id), pending["before"], pending["n"]
-            )
-            self._send_dead_letters(pending, skip=done)
+        else:
+            self._reconcile_dead_letters(pending)
 
     def _rebuild(self, kind: str, pending: dict[str, Any]) -> list[dict[str, Any]]:
         """The items of the batch that was sent, rebuilt from the store (from the cursor to its end)."""
         records = self._scan()[kind]
         return build_batch(records, self._cursor(kind), self._items(kind), None, stop=pending["to"]).items
-
-    # ------------------------------------------------------------------------------------------ dead letters
-    def _rejected(self, exc: ServerError) -> bool:
-        """Whether a refusal is of the item alone (a dead letter) rather than of the whole upload."""
-        if exc.status == 404:
-            self._check_run_exists()
-        return is_rejection(exc.status)
-
-    def _check_run_exists(self) -> None:
-        """After a 404: a clear error if the run itself is gone from the server (deleted)."""
-        if self.state.run_id is None:
-            return
-        try:
-            self.client.get_run(self.state.run_id)
-        except ServerError as gone:
-            if gone.status == 404:
-                raise ServerError(
-                    f"run {self.state.run_id} no longer exists on the server (deleted?); the local store keeps "
-                    f"run {self.run_dir.name}: remove {self._state_path} to upload it again as a new run",
-                    404,
-                ) from None
-            raise
-
-    def _dead_letter(self, what: str, exc: ServerError) -> None:
-        log.warning("run %s: the server refused %s, which is skipped: %s", self.run_dir.name, what, exc)
-        entry = {"what": what, "reason": str(exc), "time_us": time.time_ns() // 1000}
-        self.state.dead_letters.append(entry)
-        self._save()
-
-    def _post_dead_letters(self) -> None:
-        """Report new dead letters as events in the run (each once)."""
-        todo = len(self.state.dead_letters) - self.state.dead_posted
-        if todo and self.state.pending is None and self.state.run_id is not None:
-            self._send_dead_letters({"kind": "dead", "n": todo, "before": self.state.events_sent}, skip=0)
-
-    def _send_dead_letters(self, pending: dict[str, Any], skip: int) -> None:
-        self._note_pending(pending)
-        first = self.state.dead_posted
-        todo = self.state.dead_letters[first : first + int(pending["n"])]
-        events = [
-            {
-                "message": f"simvue_hpc: the server refused {d['what']}; skipped: {d['reason']}",
-                "timestamp": format_timestamp(int(d["time_us"])),
-                "log_level": "error",
-            }
-            for d in todo[skip:]
-        ]
-        refused = self._post_items_quietly(events)
-        self.state.dead_posted = first + len(todo)
-        self.state.events_sent = int(pending["before"]) + len(todo) - refused
-        self.state.pending = None
-        self._save()
-
-    def _post_items_quietly(self, events: list[dict[str, Any]]) -> int:
-        if not events:
-            return 0
-        try:
-            self._call(self.client.post_events, self.state.run_id, events)
-        except ServerError as exc:
-            if not is_rejection(exc.status):
-                raise
-            log.warning("run %s: the server refused the dead-letter events too: %s", self.run_dir.name, exc)
-            return len(events)
-        return 0
 
     # ------------------------------------------------------------------------------------------ helpers
     def _keep_alive(self, now: float) -> None:

@@ -46,6 +46,7 @@ class UploadState:
     # an event in the run and in sync's summary. {"what", "reason", "time_us"}
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     dead_posted: int = 0  # dead letters already posted as events
+    damage_seen: list[int] = field(default_factory=list)  # start offsets of damaged bytes already reported
     alert_defs: dict[str, str] = field(default_factory=dict)  # alert name -> its definition as JSON
     int_metrics: dict[str, bool] = field(default_factory=dict)  # metric -> every value so far was whole
     last_status: dict[str, Any] | None = None  # the last final STATUS record: status, time_us, reason

@@ -76,7 +76,7 @@ def sync(root: Path, keys: Sequence[str], quiet: bool = False, wait: float = 600
     for outcome in outcomes:
         print(f"{outcome.name}: {outcome.message}", file=sys.stderr if outcome.code else sys.stdout)
         for dead in outcome.dead_letters:
-            print(f"{outcome.name}: not uploaded (refused by the server): {dead['what']}: {dead['reason']}")
+            print(f"{outcome.name}: not uploaded: {dead['what']}: {dead['reason']}")
     left = len(run_dirs) - len(outcomes)
     if left:
         print(f"simvue-hpc: {left} more run(s) not tried; run sync again when the server is back", file=sys.stderr)

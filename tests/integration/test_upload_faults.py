@@ -165,7 +165,7 @@ def test_a_refused_alert_is_a_dead_letter_and_everything_else_goes_up(
     assert_exactly_once(server, doc["id"], 50, 5)
     dead = [e for e in server.db.events(doc["id"]) if "refused" in e["message"]]
     assert len(dead) == 1 and "half" in dead[0]["message"] and dead[0]["log_level"] == "error"
-    assert "not uploaded (refused by the server)" in out and "frequency" in out
+    assert "not uploaded: the alert record 'half': refused by the server" in out and "frequency" in out
     assert len(server.requests_log("/alerts", "POST")) == 1, "a 422 is not retried"
     assert cli(["sync", "--quiet"]) == 0, "and a second sync does not try again"
     assert len(server.requests_log("/alerts", "POST")) == 1
@@ -488,3 +488,45 @@ def test_an_unreachable_server_ends_sync_at_once_with_exit_75(
     assert cli(["sync", "--quiet"]) == 75
     err = capsys.readouterr().err
     assert "cannot reach the Simvue server" in err and "2 attempts" in err
+
+
+# --- a damaged store -----------------------------------------------------------------------------------
+
+
+def _record_spans(run_dir: Path) -> list[tuple[int, int, RecordType]]:
+    from simvue_hpc.store import read_records
+
+    return [(r.offset, r.end, r.type) for r in read_records(run_dir / "records.svr")]
+
+
+def test_damage_in_the_middle_of_the_log_is_reported_and_everything_else_goes_up(
+    server: Any, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = hand_run(store, "damaged", steps=50, events=5)
+    spans = [s for s in _record_spans(run_dir) if s[2] == RecordType.METRICS]
+    start, end, _ = spans[2]  # steps 20..29
+    log = run_dir / "records.svr"
+    data = bytearray(log.read_bytes())
+    data[start + 20 : start + 36] = bytes(b ^ 0xFF for b in data[start + 20 : start + 36])
+    log.write_bytes(bytes(data))
+    assert cli(["sync", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    doc = server_runs(server)["damaged"]
+    assert doc["status"] == "completed"
+    assert points(server, doc["id"]) == Counter({("x", s): 1 for s in range(50) if not 20 <= s < 30})
+    dead = [e["message"] for e in server.db.events(doc["id"]) if "damaged bytes" in e["message"]]
+    assert dead == [
+        f"simvue_hpc: 1 record(s) in damaged bytes {start}-{end} of the local store was not uploaded: checksum mismatch"
+    ]
+    assert "damaged bytes" in out
+
+
+def test_a_run_whose_writer_died_mid_record_is_closed_as_lost(server: Any, store: Path) -> None:
+    run_dir = hand_run(store, "torn", end=None, steps=50, events=0)
+    log = run_dir / "records.svr"
+    log.write_bytes(log.read_bytes()[:-7])  # the last record is cut short: a torn tail
+    assert cli(["sync", "--quiet"]) == 0
+    doc = server_runs(server)["torn"]
+    assert doc["status"] == "lost"
+    assert points(server, doc["id"]) == Counter({("x", s): 1 for s in range(40)})
+    assert not [e for e in server.db.events(doc["id"]) if "damaged" in e["message"]], "a torn tail is not damage"
