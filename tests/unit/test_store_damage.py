@@ -184,6 +184,10 @@ def test_fuzz_the_reader_never_raises_and_keeps_every_intact_record(
         path = Path(tmp) / "records.svr"
         path.write_bytes(data)
         records, damage = _read(path)
+        cached_damage: list[Damage] = []
+        cached = list(read_records(path, damage=cached_damage, names_cache={}))
+    assert cached_damage == damage and len(cached) == len(records)  # the names cache changes nothing
+    assert all(map(_same, records, cached))
     assert len(records) == len(expect)
     assert all(_same(a, b) for a, b in zip(expect, records, strict=True))
     # what was read and what is reported as damaged cover the file, in order, without overlap
