@@ -95,6 +95,15 @@ def test_a_torn_tail_is_reported_but_is_not_damage_to_the_run(tmp_path: Path) ->
     assert view.status == "running" and not view.damaged and view.damage == damage
 
 
+def test_a_torn_record_after_the_end_is_damage(tmp_path: Path) -> None:
+    path, _ = _write_run(tmp_path, n_events=2)
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x06\x82")  # a header whose payload never came
+    view = load_run(path.parent)
+    assert view.status == "completed" and view.damage[0].torn
+    assert view.damaged  # nothing follows an END: what is there was lost
+
+
 def test_garbage_appended_or_inserted(tmp_path: Path) -> None:
     path, good = _write_run(tmp_path, n_events=3)
     data = path.read_bytes()
