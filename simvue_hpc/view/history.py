@@ -83,7 +83,7 @@ def load_history(run_dir: Path | str, want: MetricFilter | None = None) -> RunHi
     """Read a run's log once, keeping only the metrics that want accepts (all when None)."""
     run_dir = Path(run_dir)
     folder = HistoryFolder(RunView(id=run_dir.name, run_dir=run_dir), want or (lambda _n: True))
-    folder.feed(read_records(run_dir / RECORDS_NAME))
+    folder.feed(read_records(run_dir / RECORDS_NAME, damage=folder.history.view.damage, copy=False))
     return folder.finish()
 
 
