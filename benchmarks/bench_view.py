@@ -59,8 +59,8 @@ def write_ranks_run(root: Path, ranks: int, steps: int) -> int:
     return ranks * steps
 
 
-def measure(argv: list[str], env: dict[str, str], out: Path) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MiB) and output bytes of one command in a fresh process (os.wait4)."""
+def measure(argv: list[str], env: dict[str, str], out: Path) -> tuple[float, float, float, int]:
+    """Wall and CPU seconds, peak RSS (MiB) and output bytes of one command in a fresh process (os.wait4)."""
     t0 = time.perf_counter()
     with open(out, "wb") as sink:
         proc = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.DEVNULL)
@@ -69,7 +69,7 @@ def measure(argv: list[str], env: dict[str, str], out: Path) -> tuple[float, flo
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} exited {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024, out.stat().st_size
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.stat().st_size
 
 
 def main() -> int:
@@ -105,10 +105,15 @@ def main() -> int:
         rows, result = [], {}
         for label, argv in commands.items():
             cmd = [python(), "-c", "pass"] if argv is None else [python(), "-m", "simvue_hpc.cli", *argv]
-            wall, rss, out = measure(cmd, env, tmp / "out.txt")
-            rows.append([label, f"{wall:.2f} s", f"{rss:.0f} MiB", f"{out / 1024:.0f} KiB"])
-            result[label] = {"wall_s": round(wall, 3), "peak_rss_mib": round(rss, 1), "stdout_bytes": out}
-        table(rows, ["command", "wall", "peak RSS", "output"])
+            wall, cpu, rss, out = measure(cmd, env, tmp / "out.txt")
+            rows.append([label, f"{wall:.2f} s", f"{cpu:.2f} s", f"{rss:.0f} MiB", f"{out / 1024:.0f} KiB"])
+            result[label] = {
+                "wall_s": round(wall, 3),
+                "cpu_s": round(cpu, 3),
+                "peak_rss_mib": round(rss, 1),
+                "stdout_bytes": out,
+            }
+        table(rows, ["command", "wall", "CPU", "peak RSS", "output"])
         emit_json(
             {
                 "bench": "view",

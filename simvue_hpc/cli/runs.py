@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..store import check_run, check_store, find_run, list_runs, load_run, load_summary
+from ..store import check_run, check_store, find_run, list_runs, load_summary
 from ..view.summary import MAX_METRIC_ROWS, list_lines, run_data, run_entry, show_lines, to_json
 from .app import arg, command
 
@@ -38,7 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 )
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one run: a summary, then metadata, metrics, events, files, alerts and ranks."""
-    view = load_run(find_run(args.root, args.run))
+    view = load_summary(find_run(args.root, args.run))
     if args.json:
         print(to_json(run_data(view, args.metrics), _indent()))
     else:

@@ -143,6 +143,9 @@ def _details(history: RunHistory) -> str:
         ("missing ranks", ", ".join(map(str, end.get("missing_ranks") or []))),
         ("lost ranks", ", ".join(map(str, end.get("lost_ranks") or []))),
     ]
+    lost = [d for d in v.damage if not d.torn]
+    if lost:
+        rows.append(("damaged", f"{sum(d.size for d in lost)} bytes of the log unreadable in {len(lost)} places"))
     html = _kv(rows).replace("<th>start</th><td>-</td>", f"<th>start</th><td>{_when(v.created_us)}</td>")
     html = html.replace("<th>end</th><td>-</td>", f"<th>end</th><td>{_when(v.ended_us)}</td>")
     for title, mapping, is_open in (("Metadata", v.metadata, " open"), ("Job", v.job, ""), ("System", v.system, "")):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..store import MetricSeries, RunView
+from ..store import MetricRow, MetricSeries, RunView
 from .history import Series, matcher
 
 MAX_EVENTS = 50  # in the text; the data has them all
@@ -68,6 +68,19 @@ def metric_row(name: str, s: MetricSeries | Series) -> dict[str, Any]:
     }
 
 
+def _summary_row(row: MetricRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "points": row.points,
+        "first_step": row.first_step,
+        "last_step": row.last_step,
+        "min": _finite(row.min),
+        "max": _finite(row.max),
+        "last": _finite(row.last),
+        "late": row.late,
+    }
+
+
 def run_entry(v: RunView) -> dict[str, Any]:
     """A run as ``list --json`` gives it."""
     return {
@@ -94,9 +107,18 @@ def run_data(v: RunView, pattern: str | None = None, limit: int | None = None) -
     """
     end = v.end or {}
     want = matcher(None if pattern is None else [pattern])
-    names = [n for n in v.metrics if want(n)]
-    listed = names if limit is None else names[:limit]
     states = Counter(str(p.get("state") or "-") for p in v.ranks.values())
+    if v.summary is not None:  # the store's one-pass summary (load_summary)
+        table = v.summary
+        rows = [r for r in table if want(r.name)]
+        listed = [_summary_row(r) for r in (rows if limit is None else rows[:limit])]
+        matching, points, late = len(rows), int(table.points.sum()), int(table.late.sum())
+    else:  # a view with every series (load_run)
+        names = [n for n in v.metrics if want(n)]
+        listed = [metric_row(n, v.metrics[n]) for n in (names if limit is None else names[:limit])]
+        matching = len(names)
+        points = sum(len(s) for s in v.metrics.values())
+        late = sum(s.late for s in v.metrics.values())
     data = run_entry(v)
     del data["metrics"], data["ranks"]
     data |= {
@@ -108,9 +130,9 @@ def run_data(v: RunView, pattern: str | None = None, limit: int | None = None) -
         "system": v.system,
         "counters": dict(end.get("counters") or {}),
         "summary": {
-            "metrics": len(v.metrics),
-            "points": sum(len(s) for s in v.metrics.values()),
-            "late_points": sum(s.late for s in v.metrics.values()),
+            "metrics": v.metric_count,
+            "points": points,
+            "late_points": late,
             "events": len(v.events),
             "files": len(v.files),
             "alerts": len(v.alerts),
@@ -118,9 +140,12 @@ def run_data(v: RunView, pattern: str | None = None, limit: int | None = None) -
             "ranks_by_state": dict(sorted(states.items())),
         },
         "metric_pattern": pattern,
-        "metrics_matching": len(names),
+        "metrics_matching": matching,
         "metrics_listed": len(listed),
-        "metrics": [metric_row(n, v.metrics[n]) for n in listed],
+        "metrics": listed,
+        "damage": [
+            {"start": d.start, "end": d.end, "reason": d.reason, "records": d.records, "torn": d.torn} for d in v.damage
+        ],
         "events": [
             {k: e.get(k) for k in ("time_us", "rank", "host", "level", "message")} | {"time": iso(e.get("time_us"))}
             for e in v.events
@@ -245,7 +270,7 @@ def list_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
         [
             e["id"],
             e["name"] or "-",
-            f"{e['status']} (damaged)" if e.get("damaged") else e["status"],
+            f"{e['status']} (damaged)" if e["damaged"] else e["status"],
             str(e["ranks"]),
             str(e["metrics"]),
             local_time(e["start_us"]),
@@ -282,6 +307,10 @@ def show_lines(d: dict[str, Any]) -> list[str]:
     for key in ("missing_ranks", "lost_ranks"):
         if d[key]:
             fields.append((key.replace("_", " "), ", ".join(map(str, d[key]))))
+    lost = [x for x in d["damage"] if not x["torn"]]
+    if lost:
+        skipped = sum(x["end"] - x["start"] for x in lost)
+        fields.append(("damaged", f"{skipped} bytes in {len(lost)} places unreadable (simvue-hpc check says more)"))
     fields.append(("summary", summary_line(d["summary"])))
     out = [f"{k + ':':<15}{val}" for k, val in fields]
     for title in ("metadata", "job", "counters"):

@@ -61,7 +61,7 @@ class Tail:
         """Read the records appended since the last poll; returns how many came."""
         before = self.records
         try:
-            end = self._folder.feed(self._tap(read_records(self.run_dir / RECORDS_NAME, self.offset)))
+            end = self._folder.feed(self._tap(read_records(self.run_dir / RECORDS_NAME, self.offset, copy=False)))
         except StoreError:  # the log is still being created: nothing to read yet
             return 0
         if end:

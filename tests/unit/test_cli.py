@@ -344,6 +344,25 @@ def test_export_without_pyarrow_or_with_a_bad_suffix_is_clear(
     assert not (tmp_path / "m.parquet").exists()
 
 
+def test_show_and_list_say_when_a_run_is_damaged(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from simvue_hpc.store import RecordType, find_run, read_records
+
+    path = find_run(root, "train") / "records.svr"
+    event = next(r for r in read_records(path) if r.type is RecordType.EVENT)  # "event 000"
+    data = bytearray(path.read_bytes())
+    data[event.offset + 12] ^= 0xFF  # a byte of its payload: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    assert main(["--root", str(root), "show", "train"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^damaged: +\d+ bytes in 1 places unreadable", out, re.M)
+    assert "events (60)" in out and "metrics (2)" in out  # what follows the damage is all there
+    assert main(["--root", str(root), "show", "train", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["damaged"] is True and d["damage"][0]["start"] == event.offset and not d["damage"][0]["torn"]
+    assert main(["--root", str(root), "list", "--json"]) == 0
+    assert [e["damaged"] for e in json.loads(capsys.readouterr().out)] == [True, False]
+
+
 def test_show_json_of_nan_in_metadata_and_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with RunWriter.create(tmp_path, "NANrun0000000000000000") as w:
         w.append(RecordType.RUN, {"id": "NANrun0000000000000000", "name": "nan", "metadata": {"x": float("nan")}})

@@ -153,3 +153,19 @@ def test_hostile_text_is_shown_never_run(tmp_path: Path) -> None:
     text = " ".join(doc.text)
     for shown in ("<b>x</b>", "</td></table>", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a<b>(%)"):
         assert shown in text
+
+
+def test_a_damaged_run_says_so(tmp_path: Path) -> None:
+    from simvue_hpc.store import RecordType, read_records
+
+    make_run(tmp_path)
+    path = tmp_path / RUN_ID / "records.svr"
+    event = next(r for r in read_records(path) if r.type is RecordType.EVENT)
+    data = bytearray(path.read_bytes())
+    data[event.offset + 12] ^= 0xFF
+    path.write_bytes(bytes(data))
+    history = load_history(tmp_path / RUN_ID)
+    page = report.build(history)
+    _parse(page)
+    assert re.search(r"<th>damaged</th><td>\d+ bytes of the log unreadable in 1 places</td>", page)
+    assert "checkpoint written" not in page and "rank 3 out of memory" in page  # the rest is all there
