@@ -282,6 +282,7 @@ def connect_dealer(
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, (limits or Limits()).max_message_bytes)
+        sock.setsockopt(zmq.IPV6, int(endpoint.startswith("tcp://[")))  # an IPv6 aggregator address
         if keys is not None:
             sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)

@@ -180,6 +180,20 @@ def test_tcp_binds_the_advertised_interface_only(zmq_context: zmq.Context[Any], 
         transport.close(router)
 
 
+def test_ipv6_loopback_round_trip(zmq_context: zmq.Context[Any], run_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMVUE_HPC_HOST", "::1")
+    secret, server_key = transport.new_credentials()
+    router, endpoint = transport.bind_router(zmq_context, "tcp", run_id, secret=secret, server_key=server_key)
+    dealer = transport.connect_dealer(zmq_context, endpoint, sndhwm=10, secret=secret)
+    try:
+        assert endpoint.startswith("tcp://[::1]:")
+        transport.send(dealer, [b"over ipv6"], block=True)
+        assert bytes(_recv_within(router)[1]) == b"over ipv6"
+    finally:
+        transport.close(dealer)
+        transport.close(router)
+
+
 def test_default_address_is_what_the_host_name_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SIMVUE_HPC_HOST", raising=False)
     address, _ = transport.advertised_address()
