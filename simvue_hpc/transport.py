@@ -202,7 +202,10 @@ def advertised_address() -> tuple[str, bool]:
         raise TransportError(f"cannot resolve {host!r} (set SIMVUE_HPC_HOST to this node's address): {exc}") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first, as ranks most often resolve it
     family, _, _, _, sockaddr = infos[0]
-    return str(sockaddr[0]), family == socket.AF_INET6
+    address = str(sockaddr[0])
+    if address.startswith("127.") or address == "::1":
+        log.info("the aggregator listens on %s (%s): ranks on other nodes need SIMVUE_HPC_HOST", address, host)
+    return address, family == socket.AF_INET6
 
 
 def bind_router(
