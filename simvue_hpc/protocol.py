@@ -67,6 +67,7 @@ class MsgType(IntEnum):
     NOTICE = 16
     ALERT_STATE = 17
     RESOURCES = 18
+    PARTIALS = 19  # relay -> aggregator; the message class is simvue_hpc.relay.wire.PartialBatch
 
 
 class Message:
@@ -103,16 +104,30 @@ class Hello(Message):
     pid: int
     client: str
     reductions: dict[str, list[str]] = field(default_factory=dict)
+    start_time: int = 0  # the process's start, clock ticks since boot (/proc/<pid>/stat field 22); 0: unknown
+    pid_ns: int = 0  # the inode of the process's pid namespace (/proc/self/ns/pid); 0: unknown
+
+    def body(self) -> dict[str, Any]:
+        """As every message's, without ``start_time``/``pid_ns`` when unknown (0): a client that
+        does not know them sends the HELLO it always sent."""
+        out = Message.body(self)
+        for key in ("start_time", "pid_ns"):
+            if not out[key]:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Message):
-    """The aggregator accepts a rank; ``rank`` is the one it will be known by."""
+    """The aggregator accepts a rank; ``rank`` is the one it will be known by. ``flush_interval``
+    (seconds, 0 = the rank's own default) is the shortest interval at which the rank may send METRICS:
+    the aggregator's share of its message-rate budget."""
 
     TYPE = MsgType.WELCOME
     rank: int
     run_id: str
     run_name: str
+    flush_interval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,12 +272,20 @@ def bind_router(
 
 
 def connect_dealer(
-    ctx: zmq.Context[Any], endpoint: str, sndhwm: int, secret: str = "", limits: Limits | None = None
+    ctx: zmq.Context[Any],
+    endpoint: str,
+    sndhwm: int,
+    secret: str = "",
+    limits: Limits | None = None,
+    ping: float = 0.0,
+    ping_timeout: float = 0.0,
 ) -> zmq.Socket[Any]:
     """A rank's DEALER connected to ``endpoint``; at most ``sndhwm`` messages queue inside zmq.
 
     When ``secret`` holds CURVE keys the connection is encrypted and authenticated with them.
-    """
+    With ``ping`` (seconds), ZeroMQ pings the peer that often and drops the connection when no
+    answer came within ``ping_timeout``: a stopped or unreachable aggregator then shows as a
+    disconnection (:func:`watch_connection`), like a dead one."""
     keys = rank_keys(secret) if secret else None
     sock = ctx.socket(zmq.DEALER)
     try:
@@ -286,6 +294,9 @@ def connect_dealer(
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, (limits or Limits()).max_message_bytes)
         sock.setsockopt(zmq.IPV6, int(endpoint.startswith("tcp://[")))  # an IPv6 aggregator address
+        if ping > 0:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(ping * 1000)))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(max(ping_timeout, ping) * 1000)))
         if keys is not None:
             sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
@@ -331,6 +342,26 @@ def refused_peers(sock: zmq.Socket[Any]) -> int:
     """How many connections the authentication of ``sock`` has refused so far."""
     zap, _ = _ATTACHED.get(sock, (None, None))
     return zap.refused if zap is not None else 0
+
+
+def watch_connection(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    """A socket that reports when ``sock`` has a working connection to its peer (the ZeroMQ
+    handshake done, not merely a TCP connection: a stopped process's kernel still accepts those) and
+    when it drops (a dead aggregator closes its end at once); read it with :func:`connection_changes`."""
+    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+
+
+def connection_changes(monitor: zmq.Socket[Any]) -> list[bool]:
+    """The changes the monitor has seen since the last call: True connected, False disconnected."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    changes: list[bool] = []
+    while True:
+        try:
+            event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return changes
+        changes.append(event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 def close(sock: zmq.Socket[Any] | None, linger_ms: int = 0) -> None:

@@ -1,5 +1,6 @@
 /* The wire protocol's codec (docs/protocol.md): headers, message bodies, reply decoding.
  * Byte-identical with simvue_hpc/protocol.py for the same input (checked by the golden tests). */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,11 +121,12 @@ int svh_enc_goodbye(svh_buf *b, uint64_t sent_points, uint64_t dropped_points, s
     return done(b);
 }
 
-int svh_enc_welcome(svh_buf *b, int64_t rank, const char *run_id, const char *run_name) {
-    svh_mp_map(b, 3);
+int svh_enc_welcome(svh_buf *b, int64_t rank, const char *run_id, const char *run_name, double flush_interval) {
+    svh_mp_map(b, 4);
     key(b, "rank"), svh_mp_int(b, rank);
     key(b, "run_id"), svh_mp_cstr(b, run_id);
     key(b, "run_name"), svh_mp_cstr(b, run_name);
+    key(b, "flush_interval"), svh_mp_f64(b, flush_interval);
     return done(b);
 }
 
@@ -208,7 +210,7 @@ void svh_reply_free(svh_reply *r) {
     memset(r, 0, sizeof *r);
 }
 
-enum { F_STR, F_INT, F_UINT };
+enum { F_STR, F_INT, F_UINT, F_SECONDS };
 
 typedef struct field_spec {
     const char *name;
@@ -218,6 +220,7 @@ typedef struct field_spec {
     int64_t *i64;
     uint64_t *u64;
     int seen;
+    double *f64; /* F_SECONDS: a float or an int (never a bool), finite and >= 0 */
 } field_spec;
 
 static const char *type_name(int t) {
@@ -252,24 +255,25 @@ int svh_decode_reply(size_t nframes, const void *const *frames, const size_t *si
     memset(f, 0, sizeof f);
     switch (type) {
     case SVH_MSG_WELCOME:
-        f[nf++] = (field_spec){"rank", F_INT, 1, NULL, &out->rank, NULL, 0};
-        f[nf++] = (field_spec){"run_id", F_STR, 1, &out->run_id, NULL, NULL, 0};
-        f[nf++] = (field_spec){"run_name", F_STR, 1, &out->run_name, NULL, NULL, 0};
+        f[nf++] = (field_spec){"rank", F_INT, 1, NULL, &out->rank, NULL, 0, NULL};
+        f[nf++] = (field_spec){"run_id", F_STR, 1, &out->run_id, NULL, NULL, 0, NULL};
+        f[nf++] = (field_spec){"run_name", F_STR, 1, &out->run_name, NULL, NULL, 0, NULL};
+        f[nf++] = (field_spec){"flush_interval", F_SECONDS, 0, NULL, NULL, NULL, 0, &out->flush_interval};
         break;
     case SVH_MSG_REJECT:
-        f[nf++] = (field_spec){"reason", F_STR, 1, &out->reason, NULL, NULL, 0};
+        f[nf++] = (field_spec){"reason", F_STR, 1, &out->reason, NULL, NULL, 0, NULL};
         break;
     case SVH_MSG_FILE_REPLY:
-        f[nf++] = (field_spec){"sha256", F_STR, 1, &out->sha256, NULL, NULL, 0};
-        f[nf++] = (field_spec){"status", F_STR, 1, &out->status, NULL, NULL, 0};
-        f[nf++] = (field_spec){"reason", F_STR, 0, &out->reason, NULL, NULL, 0};
+        f[nf++] = (field_spec){"sha256", F_STR, 1, &out->sha256, NULL, NULL, 0, NULL};
+        f[nf++] = (field_spec){"status", F_STR, 1, &out->status, NULL, NULL, 0, NULL};
+        f[nf++] = (field_spec){"reason", F_STR, 0, &out->reason, NULL, NULL, 0, NULL};
         break;
     case SVH_MSG_GOODBYE_ACK:
-        f[nf++] = (field_spec){"received_points", F_UINT, 1, NULL, NULL, &out->received_points, 0};
+        f[nf++] = (field_spec){"received_points", F_UINT, 1, NULL, NULL, &out->received_points, 0, NULL};
         break;
     case SVH_MSG_NOTICE:
-        f[nf++] = (field_spec){"kind", F_STR, 1, &out->kind, NULL, NULL, 0};
-        f[nf++] = (field_spec){"message", F_STR, 1, &out->message, NULL, NULL, 0};
+        f[nf++] = (field_spec){"kind", F_STR, 1, &out->kind, NULL, NULL, 0, NULL};
+        f[nf++] = (field_spec){"message", F_STR, 1, &out->message, NULL, NULL, 0, NULL};
         break;
     default:
         return fail(err, errlen, "%s is not a message the aggregator sends", tname);
@@ -312,10 +316,14 @@ int svh_decode_reply(size_t nframes, const void *const *frames, const size_t *si
         } else if (fs->type == F_UINT && v.kind == SVH_MP_INT && !v.neg) {
             *fs->u64 = v.u;
             ok = 1;
+        } else if (fs->type == F_SECONDS && (v.kind == SVH_MP_FLOAT || (v.kind == SVH_MP_INT && !v.neg))) {
+            double s = v.kind == SVH_MP_FLOAT ? v.f : (double)v.u;
+            ok = isfinite(s) && s >= 0;
+            if (ok) *fs->f64 = s;
         }
         if (!ok) {
             svh_reply_free(out);
-            return fail(err, errlen, "%s.%s has the wrong type", tname, fs->name);
+            return fail(err, errlen, "%s.%s has the wrong type or is out of range", tname, fs->name);
         }
         fs->seen = 1;
     }

@@ -128,7 +128,7 @@ int svh_enc_heartbeat(svh_buf *b, int64_t time_ns, uint64_t sent_points, uint64_
 int svh_enc_goodbye(svh_buf *b, uint64_t sent_points, uint64_t dropped_points, size_t ndropped,
                     const char *const *names, const uint64_t *counts);
 /* The aggregator's messages (for tests that play the aggregator). */
-int svh_enc_welcome(svh_buf *b, int64_t rank, const char *run_id, const char *run_name);
+int svh_enc_welcome(svh_buf *b, int64_t rank, const char *run_id, const char *run_name, double flush_interval);
 int svh_enc_reject(svh_buf *b, const char *reason);
 int svh_enc_file_reply(svh_buf *b, const char *sha256, const char *status, const char *reason);
 int svh_enc_goodbye_ack(svh_buf *b, uint64_t received_points);
@@ -145,6 +145,7 @@ typedef struct svh_reply {
     int type;
     uint32_t seq;
     int64_t rank;             /* WELCOME */
+    double flush_interval;    /* WELCOME: seconds, finite and >= 0 (0 if absent: the rank's own default) */
     uint64_t received_points; /* GOODBYE_ACK */
     char *run_id, *run_name;  /* WELCOME */
     char *reason;             /* REJECT, FILE_REPLY ("" if absent) */

@@ -39,6 +39,7 @@ typedef struct fake {
     /* HELLO */
     int64_t hello_rank, hello_size;
     char client[128], reduction_t0[32];
+    double welcome_flush; /* the WELCOME's flush_interval, seconds */
     /* data */
     point *points;
     size_t npoints, cap, metrics_messages, max_batch;
@@ -264,7 +265,7 @@ static void on_message(fake *f, size_t n, zmq_msg_t *parts) {
             reply(f, SVH_MSG_REJECT, &b, (f->mode & F_BAD_VERSION) ? 2 : 1);
             return;
         }
-        svh_enc_welcome(&b, f->hello_rank >= 0 ? f->hello_rank : 5, "fake-run-id", "fake-run");
+        svh_enc_welcome(&b, f->hello_rank >= 0 ? f->hello_rank : 5, "fake-run-id", "fake-run", f->welcome_flush);
         reply(f, SVH_MSG_WELCOME, &b, 1);
         if (f->mode & F_ABORT_AFTER_WELCOME) {
             svh_buf_init(&b);
@@ -362,10 +363,12 @@ static void *fake_main(void *arg) {
     return NULL;
 }
 
-static fake *fake_start(int mode) {
+/* A fake aggregator whose WELCOME carries flush_interval = welcome_flush seconds. */
+static fake *fake_start_flush(int mode, double welcome_flush) {
     fake *f = calloc(1, sizeof *f);
     pthread_mutex_init(&f->mu, NULL);
     f->mode = mode;
+    f->welcome_flush = welcome_flush;
     f->hello_rank = -99;
     f->ctx = zmq_ctx_new();
     f->router = zmq_socket(f->ctx, ZMQ_ROUTER);
@@ -378,6 +381,8 @@ static fake *fake_start(int mode) {
     pthread_create(&f->thread, NULL, fake_main, f);
     return f;
 }
+
+static fake *fake_start(int mode) { return fake_start_flush(mode, 0.0); }
 
 static void fake_stop(fake *f) {
     atomic_store(&f->stop, 1);
@@ -476,6 +481,8 @@ static void test_basic(void) {
     CHECK(svh_log_many(h, 2, mixed, values, 0) == SVH_EINVAL); /* all or nothing */
     CHECK(svh_log(h, NULL, 1.0, 0) == SVH_EINVAL);
     CHECK(svh_log(NULL, "x", 1.0, 0) == SVH_EINVAL);
+    CHECK(svh_log(h, "m.auto", 1.0, INT64_MAX) == SVH_EINVAL); /* the aggregator's "every step" marker */
+    CHECK(strstr(svh_last_error(), "int64") != NULL);
     uint64_t sent, dropped, buffered;
     svh_counters(h, &sent, &dropped, &buffered);
     CHECK(sent + buffered == 10004 && dropped == 0);
@@ -543,6 +550,39 @@ static void test_timing_heartbeats_rank(void) {
     pthread_mutex_unlock(&f->mu);
     CHECK(svh_close(h, 5000) == SVH_OK);
     fake_stop(f);
+}
+
+/* The WELCOME's flush_interval (the aggregator's message budget) makes the client send METRICS at most
+ * that often, although its own flush interval is shorter; a shorter one than the client's own is not
+ * taken (the client never sends more often than it was configured to). */
+static void test_welcome_flush_interval(void) {
+    for (int shorter = 0; shorter < 2; ++shorter) {
+        fake *f = fake_start_flush(0, shorter ? 0.001 : 0.25);
+        svh_options o = options(f);
+        o.flush_interval_ms = shorter ? 200 : 10;
+        svh_client *h = svh_connect_opts(&o);
+        CHECK_MSG(h != NULL, "%s", svh_last_error());
+        if (!h) {
+            fake_stop(f);
+            return;
+        }
+        int64_t t0 = svh_monotonic_ms();
+        for (int64_t step = 0; step < 120; ++step) {
+            CHECK(svh_log(h, "x", (double)step, step) == SVH_OK);
+            sleep_ms(5);
+        }
+        WAIT_FOR(f, f->npoints == 120, 5000);
+        int64_t elapsed = svh_monotonic_ms() - t0;
+        pthread_mutex_lock(&f->mu);
+        /* at most one message per interval (plus the first and the last): an upper bound that a slow
+         * machine only loosens, since elapsed grows with it */
+        size_t bound = (size_t)(elapsed / (shorter ? 200 : 250)) + 2;
+        CHECK_MSG(f->npoints == 120 && f->metrics_messages <= bound, "%zu points in %zu METRICS messages in %lld ms",
+                  f->npoints, f->metrics_messages, (long long)elapsed);
+        pthread_mutex_unlock(&f->mu);
+        CHECK(svh_close(h, 5000) == SVH_OK);
+        fake_stop(f);
+    }
 }
 
 static void write_file(const char *path, size_t n) {
@@ -919,6 +959,7 @@ int main(void) {
     } tests[] = {
         {"basic", test_basic},
         {"timing, heartbeats, rank", test_timing_heartbeats_rank},
+        {"welcome flush interval", test_welcome_flush_interval},
         {"files", test_files},
         {"overflow drop", test_overflow_drop},
         {"overflow block", test_overflow_block},

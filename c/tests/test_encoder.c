@@ -206,7 +206,7 @@ static void golden_aggregator_messages(void) {
     svh_reply r;
 
     svh_buf_init(&b);
-    svh_enc_welcome(&b, 0, "r1", "demo");
+    svh_enc_welcome(&b, 0, "r1", "demo", 0.0);
     check_body("welcome_spec", SVH_MSG_WELCOME, 0, &b, NULL, 0, 0);
     if (decode_golden("welcome_spec", &r) == 0) {
         CHECK(r.type == SVH_MSG_WELCOME && r.seq == 0 && r.rank == 0);
@@ -214,10 +214,21 @@ static void golden_aggregator_messages(void) {
         svh_reply_free(&r);
     }
     svh_buf_init(&b);
-    svh_enc_welcome(&b, 3, "abcdefghijklmnopqrstuv", "c-client-run");
+    svh_enc_welcome(&b, 3, "abcdefghijklmnopqrstuv", "c-client-run", 0.0);
     check_body("welcome_assigned", SVH_MSG_WELCOME, 0, &b, NULL, 0, 0);
     if (decode_golden("welcome_assigned", &r) == 0) {
         CHECK(r.rank == 3 && strcmp(r.run_id, "abcdefghijklmnopqrstuv") == 0);
+        svh_reply_free(&r);
+    }
+    svh_buf_init(&b);
+    svh_enc_welcome(&b, 7, "r2", "budget", 0.25);
+    check_body("welcome_budget", SVH_MSG_WELCOME, 0, &b, NULL, 0, 0);
+    if (decode_golden("welcome_budget", &r) == 0) {
+        CHECK(r.rank == 7 && r.flush_interval == 0.25 && strcmp(r.run_name, "budget") == 0);
+        svh_reply_free(&r);
+    }
+    if (decode_golden("welcome_spec", &r) == 0) {
+        CHECK(r.flush_interval == 0.0);
         svh_reply_free(&r);
     }
     svh_buf_init(&b);
@@ -412,6 +423,36 @@ static void reply_decoding(void) {
     CHECK(r.rank == 12 && r.seq == 7 && strcmp(r.run_id, "r1") == 0 && strcmp(r.run_name, "demo") == 0);
     svh_reply_free(&r);
     svh_buf_free(&b);
+
+    /* WELCOME.flush_interval: absent means 0; an int is taken as seconds; a bool, a str, a negative,
+     * NaN or an infinite number is invalid */
+    for (int k = 0; k < 8; ++k) {
+        svh_buf_init(&b);
+        svh_mp_map(&b, k == 0 ? 3 : 4);
+        svh_mp_cstr(&b, "rank");
+        svh_mp_int(&b, 1);
+        svh_mp_cstr(&b, "run_id");
+        svh_mp_cstr(&b, "r");
+        svh_mp_cstr(&b, "run_name");
+        svh_mp_cstr(&b, "n");
+        if (k > 0) svh_mp_cstr(&b, "flush_interval");
+        if (k == 1) svh_mp_int(&b, 2);
+        if (k == 2) svh_mp_f64(&b, 0.5);
+        if (k == 3) svh_mp_bool(&b, 1);
+        if (k == 4) svh_mp_cstr(&b, "0.5");
+        if (k == 5) svh_mp_f64(&b, -0.5);
+        if (k == 6) svh_mp_f64(&b, NAN);
+        if (k == 7) svh_mp_f64(&b, INFINITY);
+        int rc = decode_body(SVH_MSG_WELCOME, &b, &r, err, sizeof err);
+        if (k <= 2) {
+            CHECK_MSG(rc == 0, "case %d: %s", k, err);
+            if (rc == 0) CHECK(r.flush_interval == (k == 0 ? 0.0 : k == 1 ? 2.0 : 0.5));
+            svh_reply_free(&r);
+        } else {
+            CHECK_MSG(rc == -1 && strstr(err, "flush_interval") != NULL, "case %d: rc %d, %s", k, rc, err);
+        }
+        svh_buf_free(&b);
+    }
 
     /* a bool where an int is declared, a missing field, a str for an int: invalid */
     svh_buf_init(&b);

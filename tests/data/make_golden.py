@@ -143,6 +143,7 @@ CASES: list[tuple[str, int, Message]] = [
     # the aggregator's messages: the C client decodes them
     ("welcome_spec", 0, Welcome(0, "r1", "demo")),
     ("welcome_assigned", 0, Welcome(3, "abcdefghijklmnopqrstuv", "c-client-run")),
+    ("welcome_budget", 0, Welcome(7, "r2", "budget", 0.25)),
     ("reject", 0, Reject("wrong secret for this run")),
     ("file_reply_need", 1, FileReply(SHA_HELLO, "need")),
     ("file_reply_error", 2, FileReply(SHA_HELLO, "error", "chunk out of order or past the size")),
