@@ -17,7 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from simvue_hpc import transport
-from simvue_hpc.errors import TransportError
+from simvue_hpc.errors import ConfigurationError, TransportError
 from tests.helpers import wait_until
 
 
@@ -377,3 +377,12 @@ def test_a_peer_that_never_finishes_its_handshake_is_dropped(
     finally:
         idle.close()
         transport.close(router)
+
+
+def test_settings_refuse_a_message_limit_below_a_ranks_largest_batch() -> None:
+    """A rank's batch bigger than the limit would get it disconnected: the settings refuse the pair."""
+    from simvue_hpc.config import HPCSettings
+
+    with pytest.raises(ConfigurationError, match="max_message_bytes must exceed"):
+        HPCSettings(max_buffered_points=1_000_000, max_message_bytes=16 << 20)
+    assert transport.Limits.from_settings(HPCSettings()).max_message_bytes == transport.Limits().max_message_bytes
