@@ -78,7 +78,8 @@ def child(variant: str, calls: int, reps: int) -> dict:
         from simvue_hpc.reporter import Reporter
 
         total = calls * len(METRICS) * 2
-        settings = HPCSettings.load({"batch_points": total, "max_buffered_points": total})
+        big = {"batch_points": total, "max_buffered_points": total, "max_message_bytes": max(64 << 20, total * 32)}
+        settings = HPCSettings.load(big)
         reporter = Reporter("ipc:///unused", "secret", 0, 1, settings)  # never started: no I/O thread
         ns = []
         for _ in range(reps):

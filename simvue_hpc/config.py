@@ -30,6 +30,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from .errors import ConfigurationError
 from .redact import redact_url
 
+POINT_WIRE_BYTES = 28  # one point in a METRICS message: name id (4), step, time and value (8 each)
+
 _CHOICES = {
     "transport": ("tcp", "ipc"),
     "aggregator": ("process", "thread"),
@@ -82,6 +84,12 @@ class HPCSettings:
                 raise ConfigurationError(f"{f.name} must be a positive number, not {value!r}")
         if self.batch_points > self.max_buffered_points:
             raise ConfigurationError("batch_points must not exceed max_buffered_points")
+        largest_batch = self.max_buffered_points * POINT_WIRE_BYTES + (1 << 20)  # columns, plus names
+        if largest_batch > self.max_message_bytes:
+            raise ConfigurationError(
+                f"max_message_bytes must exceed a rank's largest METRICS message: max_buffered_points x "
+                f"{POINT_WIRE_BYTES} bytes + 1 MiB = {largest_batch}, not {self.max_message_bytes}"
+            )
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> HPCSettings:

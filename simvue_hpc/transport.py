@@ -202,7 +202,10 @@ def advertised_address() -> tuple[str, bool]:
         raise TransportError(f"cannot resolve {host!r} (set SIMVUE_HPC_HOST to this node's address): {exc}") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first, as ranks most often resolve it
     family, _, _, _, sockaddr = infos[0]
-    return str(sockaddr[0]), family == socket.AF_INET6
+    address = str(sockaddr[0])
+    if address.startswith("127.") or address == "::1":
+        log.info("the aggregator listens on %s (%s): ranks on other nodes need SIMVUE_HPC_HOST", address, host)
+    return address, family == socket.AF_INET6
 
 
 def bind_router(
@@ -290,6 +293,7 @@ def connect_dealer(
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, (limits or Limits()).max_message_bytes)
+        sock.setsockopt(zmq.IPV6, int(endpoint.startswith("tcp://[")))  # an IPv6 aggregator address
         if ping > 0:
             sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(ping * 1000)))
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(max(ping_timeout, ping) * 1000)))

@@ -1131,6 +1131,8 @@ svh_client *svh_connect_opts(const svh_options *o) {
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    int ipv6 = strncmp(c->endpoint, "tcp://[", 7) == 0; /* an IPv6 aggregator address */
+    zmq_setsockopt(c->sock, ZMQ_IPV6, &ipv6, sizeof ipv6);
     if (!is_relay_endpoint(c->endpoint) && set_curve_keys(c->sock, c->secret) != SVH_OK) {
         free(red);
         client_free(c);

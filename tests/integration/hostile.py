@@ -29,6 +29,7 @@ import numpy as np
 from simvue_hpc import protocol as p
 
 SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
+STALL_TIMEOUT = 15.0  # an authenticated peer gives up when the aggregator has read nothing for this long
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -235,10 +236,12 @@ def authenticated(endpoint: str, secret: str, n: int, seed: int) -> None:
     try:
         for i, frames in enumerate(hostile_messages(secret, n, seed)):
             peer = peers[i % len(peers)]
-            if not frames:
-                frames = [b""]
-            if transport.send(peer, frames, block=True):
-                sent += 1
+            stalled = time.monotonic() + STALL_TIMEOUT
+            while not transport.send(peer, frames or [b""]):
+                if time.monotonic() > stalled:  # the aggregator stopped reading: it is dead or stuck
+                    raise SystemExit(f"sent {sent}, then the aggregator read nothing for {STALL_TIMEOUT} s")
+                time.sleep(0.001)
+            sent += 1
             while transport.recv(peer) is not None:  # read what the aggregator answers, ignore it
                 pass
     finally:

@@ -179,12 +179,17 @@ def test_connection_flood_does_not_keep_a_late_rank_out(host_run: Simvue, store:
 
 def _campaign(commands: list[list[str]]) -> int:
     """Run hostile children at once; the number of inputs they sent."""
-    procs = [subprocess.Popen(c, cwd=REPO, text=True, stdout=subprocess.PIPE) for c in commands]
+    procs = [subprocess.Popen(c, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
     sent = 0
-    for proc in procs:
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out
-        sent += int(out.split()[-1])
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-2000:]
+            sent += int(out.split()[-1])
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
     return sent
 
 
@@ -227,10 +232,11 @@ def test_fuzz_from_unauthenticated_peers(host_run: Simvue, store: Path, honest_s
 
 
 @pytest.mark.xfail(
-    reason="the aggregator lacks bounds on what an authenticated peer sends: a RESOURCES message whose gpus "
-    "entries are not [index, utilisation, memory] kills it at the next tick; a rank's STATUS sets any string "
-    "as the run's final status; HELLO ranks up to 2**62 and unbounded host names are accepted; every bad "
-    "message logs a WARNING line",
+    reason="bounds the aggregator lacks against a peer holding the credentials: a RESOURCES message whose gpus "
+    "entries are not [index, utilisation, memory] kills it at the next tick (aggregator/rollup.py); any rank's "
+    "STATUS ('failed', or any string) becomes the run's final status; HELLO ranks up to 2**62 and 2000-character "
+    "host names are accepted; sequence gaps and bad alert definitions log a WARNING each time (about 15,000 "
+    "lines for 100,000 messages)",
     strict=False,
 )
 def test_fuzz_from_authenticated_peers(host_run: Simvue, store: Path, honest_script: Path) -> None:
@@ -239,9 +245,15 @@ def test_fuzz_from_authenticated_peers(host_run: Simvue, store: Path, honest_scr
     _finish(_start_honest(honest_script, "before", 200))
     memory = PeakRSS(agg)
     honest = [_start_honest(honest_script, f"during{i}", 20_000) for i in range(2)]
-    sent = _campaign([[*HOSTILE, "authenticated", endpoint, secret, "50000", str(seed)] for seed in range(2)])
-    for proc in honest:
-        _finish(proc)
+    try:
+        sent = _campaign([[*HOSTILE, "authenticated", endpoint, secret, "50000", str(seed)] for seed in range(2)])
+        assert agg.is_running()
+        for proc in honest:
+            _finish(proc)
+    finally:
+        for proc in honest:
+            proc.kill()
+            proc.wait()
     wait_until(lambda: agg.cpu_percent(0.2) < 50, 60, what="the aggregator to work through the campaign")
     grown = memory.grown()
     print(f"authenticated fuzz: {sent} hostile messages, aggregator RSS grew {grown / MiB:.1f} MiB")

@@ -17,7 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from simvue_hpc import transport
-from simvue_hpc.errors import TransportError
+from simvue_hpc.errors import ConfigurationError, TransportError
 from tests.helpers import wait_until
 
 
@@ -177,6 +177,20 @@ def test_tcp_binds_the_advertised_interface_only(zmq_context: zmq.Context[Any], 
         bound = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         assert bound == endpoint and bound.startswith("tcp://127.0.0.1:"), bound
     finally:
+        transport.close(router)
+
+
+def test_ipv6_loopback_round_trip(zmq_context: zmq.Context[Any], run_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMVUE_HPC_HOST", "::1")
+    secret, server_key = transport.new_credentials()
+    router, endpoint = transport.bind_router(zmq_context, "tcp", run_id, secret=secret, server_key=server_key)
+    dealer = transport.connect_dealer(zmq_context, endpoint, sndhwm=10, secret=secret)
+    try:
+        assert endpoint.startswith("tcp://[::1]:")
+        transport.send(dealer, [b"over ipv6"], block=True)
+        assert bytes(_recv_within(router)[1]) == b"over ipv6"
+    finally:
+        transport.close(dealer)
         transport.close(router)
 
 
@@ -363,3 +377,12 @@ def test_a_peer_that_never_finishes_its_handshake_is_dropped(
     finally:
         idle.close()
         transport.close(router)
+
+
+def test_settings_refuse_a_message_limit_below_a_ranks_largest_batch() -> None:
+    """A rank's batch bigger than the limit would get it disconnected: the settings refuse the pair."""
+    from simvue_hpc.config import HPCSettings
+
+    with pytest.raises(ConfigurationError, match="max_message_bytes must exceed"):
+        HPCSettings(max_buffered_points=1_000_000, max_message_bytes=16 << 20)
+    assert transport.Limits.from_settings(HPCSettings()).max_message_bytes == transport.Limits().max_message_bytes
