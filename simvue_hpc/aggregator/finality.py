@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,7 @@ class StepFinality:
         self._progress: dict[int, int] = {}
         self._heap: list[tuple[int, int]] = []  # (progress, rank), stale entries removed lazily
         self._rank_metrics: dict[int, set[int]] = {}
-        self._late_groups: list[Partials] = []  # relays' rows that came after their step was stored
+        self._staged_partials: list[Partials] = []  # relays' rows, folded once per reduce
         self._names: dict[int, tuple[list[str], np.ndarray, np.ndarray, bool]] = {}  # see _names_of
 
     # ------------------------------------------------------------------------------------------ ranks
@@ -199,7 +199,7 @@ class StepFinality:
                 lut[i] = metric.gid
         for name, ranks in batch.contributors.items():
             metric = self._metrics.get(name)
-            if metric is not None and ranks > 0:
+            if metric is not None and ranks > 0 and metric.relayed.get(relay) != ranks:
                 metric.relayed[relay] = ranks
                 if relay not in metric.contributors:
                     self._contribute(metric, relay)
@@ -221,15 +221,26 @@ class StepFinality:
                 "max_metrics bound): points of further names are dropped",
                 int(rows.count[~keep].sum()),
             )
-        rows = replace(rows, key=gid, arrived=np.full(len(gid), now)).select(keep)
+        rows = replace(rows, key=gid, arrived=np.full(len(gid), now))
+        self._staged_partials.append(rows if keep.all() else rows.select(keep))  # folded once per reduce
+        return int(batch.partials.count[keep].sum())
+
+    def _fold_partials(self, out: list[AppendMetrics]) -> None:
+        """Relays' staged rows into the open groups, in one merge; rows for stored steps are late."""
+        if not self._staged_partials:
+            return
+        rows = Partials(
+            *(np.concatenate([getattr(p, f.name) for p in self._staged_partials]) for f in fields(Partials))
+        )
+        self._staged_partials = []
         late = rows.step <= self._final_step[rows.key]
         if late.any():
             self._counters["late_points"] += int(rows.count[late].sum())
-            self._late_groups.append(rows.select(late))
-        rows = rows.select(~late)
+            self._emit(_combined(rows.select(late)), [], out, late=True)
+            rows = rows.select(~late)
         reduced = self._mode[rows.key] == REDUCED
         if reduced.any():
-            self._open = merge(self._open, _sorted(rows.select(reduced)))
+            self._open = merge(self._open, _combined(rows.select(reduced)))
         if not reduced.all():  # one rank in the whole job logs it: its points, as logged (count 1 each)
             single = rows.select(~reduced)
             n = len(single)
@@ -237,15 +248,12 @@ class StepFinality:
                 single.key, single.step, np.full(n, -1, np.int64), single.time_ns, single.mean, single.arrived
             )
         self._cap_open_steps()
-        return int(batch.partials.count[keep].sum())
 
     def reduce(self, now: float, final: bool) -> list[AppendMetrics]:
         """Fold the staged points in; store the late ones and what became final (everything when ``final``)."""
         out: list[AppendMetrics] = []
-        if self._late_groups:  # relays' rows for steps already stored
-            self._emit(_sorted(merge(*self._late_groups)), [], out, late=True)
-            self._late_groups = []
         self._fold(now, out)
+        self._fold_partials(out)
         pending = set(np.unique(self._open.key).tolist()) | self._raw_gids
         if not pending:
             return out
@@ -515,9 +523,12 @@ class StepFinality:
         )
 
 
-def _sorted(rows: Partials) -> Partials:
-    """Groups (one row each) sorted by (key, step), as open groups are kept."""
-    return rows.select(np.lexsort((rows.step, rows.key)))
+def _combined(rows: Partials) -> Partials:
+    """Rows of possibly repeated groups (several relays' rows of a step) as one row per group, sorted."""
+    if len(rows) < 2:
+        return rows
+    half = len(rows) // 2
+    return merge(rows.select(np.arange(half)), rows.select(np.arange(half, len(rows))))
 
 
 def _concat(chunks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
