@@ -893,6 +893,31 @@ static void test_refusals(void) {
     fake_stop(f);
 }
 
+/* SIMVUE_HPC_HIERARCHY: the node's relay instead of the aggregator, named as relay/placement.py names it */
+static void test_env_hierarchy(void) {
+    svh_options o;
+    char want[512];
+    setenv("SIMVUE_HPC_ENDPOINT", "tcp://127.0.0.1:1", 1);
+    setenv("SIMVUE_HPC_SECRET", "s", 1);
+    setenv("TMPDIR", "/tmp/svh-hier-test", 1);
+    setenv("SIMVUE_HPC_NODE", "node 7/a", 1);
+    setenv("SIMVUE_HPC_RUN_ID", "run1", 1);
+    setenv("SIMVUE_HPC_HIERARCHY", "flat", 1);
+    CHECK(svh_options_from_env(&o) == SVH_OK && strcmp(o.endpoint, "tcp://127.0.0.1:1") == 0);
+    setenv("SIMVUE_HPC_HIERARCHY", "node", 1);
+    snprintf(want, sizeof want, "ipc:///tmp/svh-hier-test/simvue_hpc-run1-node_7_a.sock");
+    CHECK_MSG(svh_options_from_env(&o) == SVH_OK && strcmp(o.endpoint, want) == 0, "%s", o.endpoint);
+    setenv("SIMVUE_HPC_HIERARCHY", "auto", 1); /* no relay socket there: the aggregator */
+    CHECK(svh_options_from_env(&o) == SVH_OK && strcmp(o.endpoint, "tcp://127.0.0.1:1") == 0);
+    setenv("SIMVUE_HPC_HIERARCHY", "tree", 1);
+    CHECK(svh_options_from_env(&o) == SVH_EINVAL && strstr(svh_last_error(), "SIMVUE_HPC_HIERARCHY") != NULL);
+    setenv("SIMVUE_HPC_HIERARCHY", "node", 1);
+    unsetenv("SIMVUE_HPC_RUN_ID");
+    CHECK(svh_options_from_env(&o) == SVH_EINVAL && strstr(svh_last_error(), "SIMVUE_HPC_RUN_ID") != NULL);
+    const char *vars[] = {"SIMVUE_HPC_HIERARCHY", "SIMVUE_HPC_NODE", "TMPDIR", "SIMVUE_HPC_ENDPOINT", "SIMVUE_HPC_SECRET"};
+    for (size_t k = 0; k < sizeof vars / sizeof *vars; ++k) unsetenv(vars[k]);
+}
+
 static void test_env_rank(void) {
     svh_options o;
     setenv("SIMVUE_HPC_ENDPOINT", "tcp://127.0.0.1:1", 1);
@@ -965,6 +990,7 @@ int main(void) {
         {"close without ack", test_close_without_ack},
         {"refusals", test_refusals},
         {"environment", test_env_rank},
+        {"hierarchy", test_env_hierarchy},
     };
     for (size_t k = 0; k < sizeof tests / sizeof *tests; ++k) {
         int before = t_failures;
