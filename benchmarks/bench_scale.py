@@ -3,7 +3,9 @@
 Part 1 (the default). ``svh_scale_driver`` (``benchmarks/scale_driver.c``, built here with CMake
 against the project's C client) forks N processes under ``simvue-hpc run --ranks N`` (the sidecar
 hosts the run's aggregator); each plays an MPI rank (``OMPI_COMM_WORLD_RANK/SIZE``; with
-``--nodes K`` also ``SIMVUE_HPC_NODE``, K simulated nodes), calls ``svh_connect_env``, logs
+``--nodes K`` also ``SIMVUE_HPC_NODE``, K simulated nodes; with ``--relays`` also a node relay per
+simulated node, ``benchmarks/scale_job.sh``, and ``SIMVUE_HPC_HIERARCHY=node``), calls
+``svh_connect_env``, waits until every rank is connected (as ranks leave ``MPI_Init``), logs
 ``--metrics`` values per step with ``svh_log_many`` at ``--hz`` for ``--seconds``, then
 ``svh_close``. Every value is a known function of (rank, metric, step), exact in binary, so each
 stored reduction is checked against the inputs: count, sum, min and max bit for bit, mean and std
@@ -20,7 +22,7 @@ and the files each leaves on disk.
 Usage::
 
     python benchmarks/bench_scale.py --procs 1024 --seconds 20          # flat
-    python benchmarks/bench_scale.py --procs 1024 --seconds 20 --nodes 8
+    python benchmarks/bench_scale.py --procs 1024 --seconds 20 --nodes 8 --relays
     python benchmarks/bench_scale.py --quick                            # CI smoke: N=64, 2 s
     python benchmarks/bench_scale.py --compare --procs 16,64 --seconds 10
 """
