@@ -441,7 +441,9 @@ class AggregatorState:
     def _lose(self, peer: Peer, why: str, out: list[Action]) -> None:
         self._roster.set_state(peer, LOST)
         self._record_rank(peer, "lost", out)
-        self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
+        behind = self._roster.relayed.get(peer.rank)
+        whose = f" (the node relay of {behind} rank(s): they are lost with it)" if behind else ""
+        self._event(f"rank {peer.rank} on {peer.host} lost{whose}: {why}", "warning", out)
         self._files.forget(peer.identity, out)
         self._live_changed(peer)
 
