@@ -435,7 +435,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--hz", type=float, default=10.0)
     ap.add_argument("--metrics", type=int, default=10)
-    ap.add_argument("--quick", action="store_true", help="CI smoke size: N=64, 2 s, flat and 2 nodes")
+    ap.add_argument("--quick", action="store_true", help="CI smoke size: N=64, 2 s, flat and 2 node relays")
     ap.add_argument("--compare", action="store_true", help="part 2: the official client side by side")
     ap.add_argument("--compare-worker", choices=("official", "simvue_hpc"), help=argparse.SUPPRESS)
     ap.add_argument("--relays", action="store_true", help="with --nodes K: a node relay per simulated node")
@@ -448,6 +448,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.procs, args.seconds, args.nodes = ("64" if not args.compare else "4"), 2.0, "0,2"
+        args.relays = True  # the smoke run covers the flat job and one through 2 node relays
     args.procs = [int(p) for p in str(args.procs).split(",")]
     args.nodes = [int(n) for n in str(args.nodes).split(",")]
     C.header("bench_scale: C-client processes into one run" if not args.compare else "bench_scale --compare")
