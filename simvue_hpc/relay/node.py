@@ -44,6 +44,7 @@ from ..protocol import (
     Hello,
     Message,
     MetricBatch,
+    Notice,
     Reject,
     Resources,
     RunUpdate,
@@ -112,9 +113,11 @@ class RelayCore:
             if msg.status != "need":
                 self._files.pop(msg.sha256, None)
             return [(identity, msg) for identity in waiting[: 1 if msg.status == "need" else None]]
-        if isinstance(msg, Reject):
+        if isinstance(msg, Reject):  # the run is closed (or refused this relay): its ranks are told so
             self.ended = True
-        return [(p.identity, msg) for p in self._locals.values() if p.live] if not isinstance(msg, GoodbyeAck) else []
+        if isinstance(msg, (Notice, Reject)):
+            return [(p.identity, msg) for p in self._locals.values() if p.live]
+        return []  # the acknowledgement of the relay's own goodbye, or anything meant for the relay alone
 
     # -------------------------------------------------------------------------------------- local ranks
     def handle(self, identity: bytes, msg: Message, now: float) -> Out:
