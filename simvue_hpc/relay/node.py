@@ -69,6 +69,7 @@ class _Local:
     pid: int
     last_seen: float
     live: bool = True
+    closed: bool = False  # said goodbye: never live again on this link
     progress: int = INT64_MIN  # the largest step sent; INT64_MIN: nothing logged yet
     received_points: int = 0
 
@@ -128,12 +129,12 @@ class RelayCore:
         if peer is None:
             return [(identity, Reject("send HELLO first"))]
         peer.last_seen = now
-        if not peer.live:  # back after being reported lost
+        if not peer.live and not peer.closed:  # back after being reported lost
             peer.live = True
         if isinstance(msg, MetricBatch):
             return self._metrics(peer, msg)
         if isinstance(msg, Goodbye):
-            peer.live = False  # closed: it no longer holds ``through`` back
+            peer.live, peer.closed = False, True  # closed: it no longer holds ``through`` back
             out = self.flush()
             if msg.sent_points != peer.received_points:
                 out.append(
