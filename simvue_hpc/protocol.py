@@ -104,6 +104,17 @@ class Hello(Message):
     pid: int
     client: str
     reductions: dict[str, list[str]] = field(default_factory=dict)
+    start_time: int = 0  # the process's start, clock ticks since boot (/proc/<pid>/stat field 22); 0: unknown
+    pid_ns: int = 0  # the inode of the process's pid namespace (/proc/self/ns/pid); 0: unknown
+
+    def body(self) -> dict[str, Any]:
+        """As every message's, without ``start_time``/``pid_ns`` when unknown (0): a client that
+        does not know them sends the HELLO it always sent."""
+        out = Message.body(self)
+        for key in ("start_time", "pid_ns"):
+            if not out[key]:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True, slots=True)

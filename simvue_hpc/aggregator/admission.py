@@ -64,7 +64,7 @@ class Admission:
         # Past the world when there is one; from 1 in a pool (the parent is 0); from 0 under a
         # sidecar, which is no rank itself.
         floor = self._expected or (0 if self._host_rank is None else 1)
-        return max([floor - 1, *self._roster.by_rank]) + 1
+        return max(floor - 1, self._roster.top_rank) + 1
 
     def stranger(self, identity: bytes, out: list[Action]) -> None:
         """A message from a peer that has not said HELLO: one REJECT tells it so."""

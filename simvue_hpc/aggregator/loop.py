@@ -207,12 +207,19 @@ class AggregatorService:
         return self.status or "failed"
 
     def _check_local_ranks(self, state: AggregatorState) -> None:
-        """Ranks on this host whose process has exited are lost at once. Only a pid once seen alive
-        counts: a rank in another pid namespace (a container) may share the host name."""
-        for identity, pid in state.live_pids_on(self._hostname).items():
-            if _pid_alive(pid):
-                self._seen_alive.add(identity)
-            elif identity in self._seen_alive:
+        """Ranks on this host whose process has exited (a zombie, or its pid reused) are lost at once.
+        A rank that did not say its start time and pid namespace, or lives in another namespace (a
+        container may share the host name), counts only once its pid was seen alive."""
+        live = state.live_pids_on(self._hostname)
+        self._seen_alive &= live.keys()
+        for identity, (pid, start_time, pid_ns) in live.items():
+            gone = process_gone(pid, start_time, pid_ns)
+            if gone is None:
+                if _pid_alive(pid):
+                    self._seen_alive.add(identity)
+                    continue
+                gone = identity in self._seen_alive
+            if gone:
                 self._perform(state, state.process_exited(identity))
 
     def record_event(self, message: str, level: str = "info") -> None:
@@ -311,6 +318,25 @@ def _disk_full(exc: BaseException | None) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return exc is not None and _disk_full(exc.__cause__)
+
+
+def process_gone(pid: int, start_time: int, pid_ns: int) -> bool | None:
+    """Whether the process a rank described (pid, start time in clock ticks since boot, pid namespace
+    inode) is gone: exited, a zombie, or its pid now another process's. None when this process cannot
+    tell: the rank did not say, or its pid namespace is not ours."""
+    if not start_time or not pid_ns:
+        return None
+    try:
+        if os.stat("/proc/self/ns/pid").st_ino != pid_ns:
+            return None
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return fields[0] in (b"Z", b"X") or int(fields[19]) != start_time
 
 
 def _pid_alive(pid: int) -> bool:

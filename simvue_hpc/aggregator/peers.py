@@ -26,6 +26,8 @@ class Peer:
     received_points: int = 0
     sent_points: int = 0
     dropped_points: int = 0
+    start_time: int = 0  # the process's start (clock ticks since boot) and pid namespace; 0: unknown
+    pid_ns: int = 0
 
     def sequence(self, seq: int) -> int:
         """Take the sequence number of the link's next message; returns how many messages went missing
@@ -44,6 +46,7 @@ class Roster:
         self.by_rank: dict[int, Peer] = {}
         self.relayed: dict[int, int] = {}  # a node relay's rank -> the ranks joined behind it
         self.live_count = 0  # kept as links come, go and change state: O(1) to read
+        self.top_rank = -1  # the largest rank ever registered
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_identity.values())
@@ -65,6 +68,7 @@ class Roster:
             gone.append(existing)
         self.by_identity[peer.identity] = peer
         self.by_rank[peer.rank] = peer
+        self.top_rank = max(self.top_rank, peer.rank)
         self.live_count += (peer.state == LIVE) - sum(p.state == LIVE for p in gone)
         return gone
 

@@ -256,9 +256,10 @@ class AggregatorState:
                 self._finish(now, out)
         return out
 
-    def live_pids_on(self, host: str) -> dict[bytes, int]:
-        """Live ranks on ``host`` (the aggregator's own), so the loop can see which have exited."""
-        return {p.identity: p.pid for p in self._roster.live() if p.host == host}
+    def live_pids_on(self, host: str) -> dict[bytes, tuple[int, int, int]]:
+        """Live ranks on ``host`` (the aggregator's own) as (pid, start time, pid namespace), so the loop
+        can see which have exited."""
+        return {p.identity: (p.pid, p.start_time, p.pid_ns) for p in self._roster.live() if p.host == host}
 
     def process_exited(self, identity: bytes) -> list[Action]:
         """The process of a live rank on this host has exited without a goodbye: lost now, rather
@@ -299,7 +300,7 @@ class AggregatorState:
         self._notes(out)
         if rank is None:
             return
-        peer = Peer(identity, rank, msg.host, msg.pid, last_seen=now, next_seq=seq + 1)
+        peer = Peer(identity, rank, msg.host, msg.pid, now, seq + 1, start_time=msg.start_time, pid_ns=msg.pid_ns)
         for gone in self._roster.add(peer):
             if gone.rank != rank:
                 self._steps.set_live(gone.rank, False)
@@ -386,11 +387,12 @@ class AggregatorState:
 
     def _on_alert_definition(self, peer: Peer, msg: AlertDefinition, now: float, out: list[Action]) -> None:
         try:
-            self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
+            new = self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
         except ValueError as exc:
             self._event(f"alert from rank {peer.rank} not evaluated: {exc}", "warning", out)
         else:
-            out.append(Append(RecordType.ALERT, dict(msg.definition)))
+            if new:  # every rank may define it: recorded, and registered with the server, once
+                out.append(Append(RecordType.ALERT, dict(msg.definition)))
 
     def _on_alert_state(self, peer: Peer, msg: AlertState, now: float, out: list[Action]) -> None:
         try:

@@ -197,6 +197,14 @@ def test_welcome_shares_the_message_rate_budget_among_the_ranks() -> None:
     assert intervals == pytest.approx([0.0, 0.0, 0.03, 0.04, 0.05])
 
 
+def test_the_process_identity_of_a_local_rank_is_kept() -> None:
+    h = Harness()
+    h.hello(0, start_time=12345, pid_ns=4026531836)
+    h.hello(1)
+    assert h.state.live_pids_on("node0") == {ident(0): (1000, 12345, 4026531836)}
+    assert h.state.live_pids_on("node1") == {ident(1): (1001, 0, 0)}
+
+
 def test_hello_with_the_wrong_secret_is_rejected() -> None:
     h = Harness()
     out = h.hello(0, secret="guess")
@@ -816,6 +824,13 @@ def test_event_run_update_folder_and_alert_records() -> None:
     definition = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=3)
     out = h.send(ident(0), AlertDefinition(definition))
     assert records(out, RecordType.ALERT) == [definition]
+    # every rank of an MPI job defines it: recorded (and so registered with the server) once
+    out = h.send(ident(1), AlertDefinition(definition))
+    assert records(out, RecordType.ALERT) == [] and events(out) == []
+    # the same name defined differently: refused with a warning
+    other = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=4)
+    out = h.send(ident(1), AlertDefinition(other))
+    assert records(out, RecordType.ALERT) == [] and any("defined differently" in m for m in events(out, "warning"))
     # an invalid definition (only a broken client sends one) is refused with a warning, not recorded:
     # the server would refuse it too, and its 422 would stop the upload
     out = h.send(ident(0), AlertDefinition({"name": "bad", "source": "metrics"}))
