@@ -137,3 +137,19 @@ def test_mpi_python_ranks_through_a_node_relay(store: Path, tmp_path: Path) -> N
     assert sorted(m for m in messages if "finished" in m) == sorted(f"rank {r} finished 30 steps" for r in range(n))
     assert sorted((f["name"], f["category"]) for f in view.files) == [("heat_4.npy", "output"), ("heat_mpi.py", "code")]
     assert view.end is not None and view.end["missing_ranks"] == [] and view.end["counters"]["late_points"] == 0
+
+
+def test_mpi_node_relay_started_by_the_first_rank_of_the_node(store: Path, tmp_path: Path) -> None:
+    """SIMVUE_HPC_HIERARCHY=node under mpiexec: the node's first rank after rank 0 starts its relay,
+    the node's other ranks connect to it; the stored run is the flat one's."""
+    raw, n = tmp_path / "raw", 4
+    mpirun(n, "--steps", "30", "--cells", "100", "--raw", str(raw), cwd=tmp_path, env={"SIMVUE_HPC_HIERARCHY": "node"})
+    per_rank = [[tuple(p) for p in json.loads((raw / f"rank_{r}.json").read_text())] for r in range(n)]
+    view = only_run(store)
+    assert view.status == "completed"
+    assert_store_matches(view, expected(per_rank))  # type: ignore[arg-type]
+    assert sorted(view.ranks) == [0, n]  # rank 0 itself, and the relay of ranks 1..3 (given the next rank)
+    assert all(v["state"] == "closed" for v in view.ranks.values())
+    assert sorted(e["message"] for e in view.events) == sorted(f"rank {r} finished 30 steps" for r in range(n))
+    assert sorted((f["name"], f["category"]) for f in view.files) == [("heat_4.npy", "output"), ("heat_mpi.py", "code")]
+    assert view.end is not None and view.end["missing_ranks"] == [] and view.end["counters"]["late_points"] == 0
