@@ -136,11 +136,11 @@ class Simvue:
         if info[0] == "error":
             raise RoleError(f"rank 0 could not start the aggregator: {info[1]}")
         endpoint = info[0]
-        if placement.size > 1 and os.environ.get("SIMVUE_HPC_HIERARCHY") == "node":
+        if placement.size > 1 and self._settings.hierarchy != "flat":
             from .relay import launch  # each node's first rank starts the node's relay
 
             endpoint, self._relay = launch.node_endpoint(
-                comm, placement.rank, info[0], info[1], self._settings.connect_timeout
+                comm, placement.rank, info[0], info[1], self._settings.connect_timeout, self._settings.hierarchy
             )
         self._connect(endpoint, info[1], placement.rank, placement.size)
 

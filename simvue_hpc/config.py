@@ -35,6 +35,7 @@ _CHOICES = {
     "aggregator": ("process", "thread"),
     "overflow": ("block", "drop"),
     "on_abort": ("raise", "terminate"),
+    "hierarchy": ("auto", "flat", "node"),
 }
 
 
@@ -64,6 +65,7 @@ class HPCSettings:
     max_open_steps: int = 100_000  # steps of one metric waiting to be final
     peer_margin: int = 64  # ranks beyond the expected number (the world size) that may join; pools: max_peers
     max_peers: int = 4096  # ranks at once when their number is not known in advance (pools, the sidecar)
+    hierarchy: str = "flat"  # node: a relay per node pre-reduces its ranks' points; auto: when ranks span nodes
 
     def __post_init__(self) -> None:
         for f in fields(self):

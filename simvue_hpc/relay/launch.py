@@ -83,12 +83,17 @@ def start(upstream: str, secret: str, expected: int, timeout: float) -> NodeRela
     return None
 
 
-def node_endpoint(comm: Any, rank: int, upstream: str, secret: str, timeout: float) -> tuple[str, NodeRelay | None]:
-    """Collective over ``comm``: the endpoint this rank connects to, and the relay it started (if any)."""
+def node_endpoint(
+    comm: Any, rank: int, upstream: str, secret: str, timeout: float, hierarchy: str = "node"
+) -> tuple[str, NodeRelay | None]:
+    """Collective over ``comm``: the endpoint this rank connects to, and the relay it started (if any).
+    ``auto`` uses relays only when the ranks span several nodes."""
     from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     try:
+        if hierarchy == "auto" and comm.allreduce(1 if node.Get_rank() == 0 else 0) < 2:
+            return upstream, None  # one node: nothing to pre-reduce
         has_root = node.allreduce(1 if rank == 0 else 0)
         members = node.Get_size() - has_root  # rank 0 connects to its aggregator directly
         if members == 0:
