@@ -5,6 +5,10 @@
 ``SIMVUE_HPC_NODE`` (to simulate nodes on one machine, or where the launcher gives no host name of
 its own) or else the host name. ``auto``: the relay when its socket exists, else the aggregator. The
 C client (``c/src/client.c``, ``relay_from_env``) derives the same names. Pure: no zmq.
+
+A relay is reached without CURVE: its socket file is private to the job's user (mode 0600), never
+crosses the network, and the relay checks the run's secret in every HELLO. CURVE protects what
+does cross it: a rank's or a relay's link to the aggregator.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 def node_name(env: Mapping[str, str]) -> str:
     """This process's node: ``SIMVUE_HPC_NODE``, else the host name; safe in a file name."""
     return _UNSAFE.sub("_", env.get(NODE_VAR) or socket.gethostname())
+
+
+def is_relay_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint`` is a node relay's (named by :func:`relay_endpoint`), not an aggregator's."""
+    prefix = f"ipc://{os.path.join(tempfile.gettempdir(), 'simvue_hpc-')}"
+    return endpoint.startswith(prefix) and "-" in endpoint[len(prefix) :]
 
 
 def relay_endpoint(run_id: str, node: str) -> str:

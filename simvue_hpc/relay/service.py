@@ -48,7 +48,7 @@ class RelayService:
         s = settings or HPCSettings()
         self.heartbeat_interval = s.heartbeat_interval
         self.ctx = transport.context()
-        self.up = transport.connect_dealer(self.ctx, upstream, sndhwm=10_000)
+        self.up = transport.connect_dealer(self.ctx, upstream, sndhwm=10_000, secret=secret)  # CURVE up
         self.core = RelayCore(secret, node, expected, time.monotonic(), s.step_timeout, s.rank_timeout)
         self._seq = 0
         self._out_seq: dict[bytes, int] = {}

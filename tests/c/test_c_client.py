@@ -322,3 +322,32 @@ def test_node_relays_store_what_the_flat_job_stores(c_build: Build, tmp_path: Pa
     for view in (flat, relayed):
         assert view.end is not None and view.end["counters"]["points_received"] == procs * 10 * 3
         assert view.end["missing_ranks"] == [] and view.end["lost_ranks"] == []
+
+
+def test_c_client_speaks_curve_and_is_refused_with_other_keys(
+    store: Path, c_build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's secret carries CURVE keys: the C client encrypts with them; with another key pair it is
+    refused at the handshake (it never gets an answer), and malformed keys are a clear error."""
+    from simvue_hpc import transport
+
+    run = Simvue(transport="tcp")
+    run.init(name="c-curve")
+    secret = os.environ["SIMVUE_HPC_SECRET"]
+    assert transport.rank_keys(secret) is not None
+    token, server_public, _ = secret.split(":")
+    _, other_secret = transport.new_credentials()
+    monkeypatch.setenv("SIMVUE_HPC_SECRET", f"{token}:{server_public}:{other_secret}")
+    monkeypatch.setenv("SIMVUE_HPC_CONNECT_TIMEOUT", "1")
+    refused = subprocess.run([str(c_build.bin / "svh_example_c")], capture_output=True, text=True, timeout=60)
+    monkeypatch.setenv("SIMVUE_HPC_SECRET", f"{token}:{server_public}:nothex")
+    malformed = subprocess.run([str(c_build.bin / "svh_example_c")], capture_output=True, text=True, timeout=60)
+    monkeypatch.setenv("SIMVUE_HPC_SECRET", secret)
+    monkeypatch.delenv("SIMVUE_HPC_CONNECT_TIMEOUT")
+    out = _example(c_build.bin / "svh_example_c").stdout
+    run.close()
+    assert refused.returncode == 2 and "no answer from the aggregator" in refused.stderr, refused.stderr
+    assert malformed.returncode == 2 and "malformed keys" in malformed.stderr, malformed.stderr
+    assert "close acknowledged" in out
+    view = only_run(store)
+    assert view.status == "completed" and len(view.ranks) == 2  # the host and the one C rank with the keys
