@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from .aggregator.reduce import parse_reductions
 from .config import HPCSettings
 from .errors import ConfigurationError, RoleError, RunAborted, SimvueHPCError
 from .names import check_folder, check_metadata, check_run_name, check_tags
+from .official import OfficialAlerts
 from .protocol import AlertDefinition, AlertState, Event, FolderDetails, RunUpdate, Status
 from .reporter import Reporter
 from .runspec import attach_environment
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 CATEGORIES = ("code", "input", "output")
 
 
-class Simvue:
+class Simvue(OfficialAlerts):
     """One process's handle on the job's run.
 
     ``reductions`` maps metric names to how they are reduced across ranks (``"sum"``,
@@ -58,6 +60,7 @@ class Simvue:
         self._marks_termination = True  # a SIGTERM to this process means the job is being stopped
         self._forked = False
         self._closed = False
+        self._alerts: dict[str, dict[str, Any]] = {}  # the alerts this process defined, by name
         self.status: str | None = None
         self.uploaded: bool | None = None  # on the host, once closed: None when no server is configured
 
@@ -83,9 +86,10 @@ class Simvue:
         metadata: Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
         description: str | None = None,
-        folder: str = "/",
+        folder: str | None = "/",
     ) -> bool:
-        """Start the run (on the aggregator's host) or join it (everywhere else).
+        """Start the run (on the aggregator's host) or join it (everywhere else); ``folder=None``
+        is the default folder ``/``.
 
         Under MPI every rank must call it: it broadcasts the aggregator's endpoint once."""
         if self._reporter is not None:
@@ -95,12 +99,14 @@ class Simvue:
             "metadata": check_metadata(metadata),
             "tags": check_tags(tags),
             "description": description if description is None else str(description),
-            "folder": check_folder(folder),
+            "folder": check_folder("/" if folder is None else folder),
         }
         placement = roles.detect()
         if placement.kind == "attach":
             self._marks_termination = placement.owner == "sidecar"  # a pool's terminate() is routine
-            reporter = self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)
+            reporter = self._connect(
+                placement.endpoint, placement.secret, placement.rank, placement.size, child=placement.owner != "sidecar"
+            )
             if placement.owner == "sidecar" and reporter.rank == 0:
                 # rank 0's arguments complete the sidecar's; defaults (folder "/") do not override them
                 given = {k: v for k, v in run.items() if v not in (None, [], {}) and (k, v) != ("folder", "/")}
@@ -113,7 +119,6 @@ class Simvue:
             endpoint, secret = self._start_host(run, placement)
             self._connect(endpoint, secret, 0, 1)
         self._export_environment()
-        hooks.register(self)
         return True
 
     def _init_mpi(self, placement: roles.Placement, run: dict[str, Any]) -> None:
@@ -164,12 +169,15 @@ class Simvue:
             self._host = ProcessHost(spec, kind, self._settings.connect_timeout)
         return self._host.endpoint, spec.secret
 
-    def _connect(self, endpoint: str, secret: str, rank: int, size: int) -> Reporter:
+    def _connect(self, endpoint: str, secret: str, rank: int, size: int, child: bool = False) -> Reporter:
         reporter = Reporter(endpoint, secret, rank, size, self._settings, self._reductions)
-        reporter.start()
-        self._reporter = reporter
-        # The hot path without a frame of its own: run.log is the outbox's add from now on.
-        vars(self).update(log=reporter.log, log_metrics=reporter.log)
+        with hooks.sigterm_deferred():  # a SIGTERM now takes effect once the exit handlers can close us
+            hooks.catch_sigterm()
+            reporter.start()
+            self._reporter = reporter
+            # The hot path without a frame of its own: run.log is the outbox's add from now on.
+            vars(self).update(log=reporter.log, log_metrics=reporter.log)
+            hooks.register(self, child=child)
         return reporter
 
     def _export_environment(self) -> None:
@@ -186,25 +194,23 @@ class Simvue:
         """Record metrics (name -> number) at ``step`` (default: one more than this rank's highest)."""
         return self._need_reporter().log(metrics, step)
 
-    def event(self, message: str) -> bool:
-        """Record a timestamped event; the aggregator adds this rank and host."""
-        if not isinstance(message, str):
-            raise ConfigurationError(f"event message must be a string, got {type(message).__name__}")
-        self._need_reporter().send(Event(message, time.time_ns(), "info"))
-        return True
+    def event(self, message: object) -> bool:
+        """Record a timestamped event: ``str(message)`` as it is (this rank and host are recorded
+        beside it). An exception is recorded as its type and message, with the traceback when it
+        is the one being handled (``except Exception as exc: run.event(exc)``)."""
+        return self._need_reporter().send(Event(_event_text(message), time.time_ns(), "info"))
 
-    def save(self, path: str | os.PathLike[str], category: str, name: str | None = None) -> bool:
+    def save(self, filename: str | os.PathLike[str], category: str, name: str | None = None) -> bool:
         """Store a copy of a file with the run (once, however many ranks save the same bytes)."""
         import mimetypes
 
         if category not in CATEGORIES:
             raise ConfigurationError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
-        file = Path(path)
+        file = Path(filename)
         if not file.is_file():
             raise ConfigurationError(f"path {str(file)!r} is not a readable file")
         mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        self._need_reporter().save(file, name or file.name, category, mime)
-        return True
+        return bool(self._need_reporter().save(file, name or file.name, category, mime))
 
     def folder_details(
         self,
@@ -231,122 +237,28 @@ class Simvue:
         range_low: float | None = None,
         range_high: float | None = None,
     ) -> bool:
-        """Define an alert on a metric (``type`` is the rule, e.g. ``"is above"``; times in minutes)."""
+        """Define an alert on a metric (``type`` is the rule, e.g. ``"is above"``). ``frequency`` and
+        ``window`` are whole minutes, as the Simvue server requires."""
         from .alerts import metric_alert
+
+        for field, minutes in (("frequency", frequency), ("window", window)):
+            if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1:
+                raise ConfigurationError(
+                    f"alert {name!r}: {field} must be a positive integer (minutes), got {minutes!r}"
+                )
 
         self._define(metric_alert(name, type, metric, frequency, window, threshold, range_low, range_high))
         return True
 
-    def create_metric_threshold_alert(
-        self,
-        name: str,
-        metric: str,
-        threshold: float,
-        rule: str,
-        *,
-        description: str | None = None,
-        window: float | None = None,
-        frequency: float = 1,
-        aggregation: str = "average",
-        notification: str = "none",
-        trigger_abort: bool = False,
-        attach_to_run: bool = True,
-    ) -> str:
-        """The official client's metric threshold alert (``is above``/``is below``; minutes).
-        Evaluated by the aggregator on the reduced values; returns the alert's name, its id here."""
-        from .alerts import metric_threshold_alert
-
-        _only_attached(attach_to_run)
-        definition = metric_threshold_alert(
-            name,
-            metric,
-            threshold,
-            rule,
-            description=description,
-            window=window,
-            frequency=frequency,
-            aggregation=aggregation,
-            notification=notification,
-            trigger_abort=trigger_abort,
-        )
-        self._define(definition)
-        return name
-
-    def create_metric_range_alert(
-        self,
-        name: str,
-        metric: str,
-        range_low: float,
-        range_high: float,
-        rule: str,
-        *,
-        description: str | None = None,
-        window: float | None = None,
-        frequency: float = 1,
-        aggregation: str = "average",
-        notification: str = "none",
-        trigger_abort: bool = False,
-        attach_to_run: bool = True,
-    ) -> str:
-        """The official client's metric range alert (``is inside range``/``is outside range``)."""
-        from .alerts import metric_range_alert
-
-        _only_attached(attach_to_run)
-        definition = metric_range_alert(
-            name,
-            metric,
-            range_low,
-            range_high,
-            rule,
-            description=description,
-            window=window,
-            frequency=frequency,
-            aggregation=aggregation,
-            notification=notification,
-            trigger_abort=trigger_abort,
-        )
-        self._define(definition)
-        return name
-
-    def create_event_alert(
-        self,
-        name: str,
-        pattern: str,
-        *,
-        description: str | None = None,
-        frequency: float = 1,
-        notification: str = "none",
-        trigger_abort: bool = False,
-        attach_to_run: bool = True,
-    ) -> str:
-        """Critical when an event containing ``pattern`` is recorded (by any rank)."""
-        from .alerts import event_alert
-
-        _only_attached(attach_to_run)
-        definition = event_alert(
-            name, pattern, frequency, notification=notification, description=description, abort=trigger_abort
-        )
-        self._define(definition)
-        return name
-
-    def create_user_alert(
-        self,
-        name: str,
-        *,
-        description: str | None = None,
-        notification: str = "none",
-        trigger_abort: bool = False,
-        attach_to_run: bool = True,
-    ) -> str:
-        """An alert whose state the code sets with :meth:`log_alert`."""
-        from .alerts import user_alert
-
-        _only_attached(attach_to_run)
-        self._define(user_alert(name, notification=notification, description=description, abort=trigger_abort))
-        return name
-
     def _define(self, definition: dict[str, Any]) -> None:
-        self._need_reporter().send(AlertDefinition(definition))
+        """Send an alert's definition; the same name again must mean the same alert."""
+        name = definition.get("name")
+        known = self._alerts.get(name) if isinstance(name, str) else None
+        if known is not None and known != definition:
+            raise ConfigurationError(f"alert {name!r} is already defined differently in this run: {known}")
+        reporter = self._need_reporter()
+        if known is None and reporter.send(AlertDefinition(definition)) and isinstance(name, str):
+            self._alerts[name] = definition
 
     def log_alert(self, identifier: str | None = None, name: str | None = None, state: str = "critical") -> bool:
         """Set a user alert's state, ``ok`` or ``critical``."""
@@ -402,6 +314,7 @@ class Simvue:
             else:
                 os.environ[key] = old
         self._exported.clear()
+        reporter.outbox.stopped_here()  # the reason the run stopped taking data, unless already raised
         return acknowledged
 
     def __enter__(self) -> Simvue:
@@ -456,17 +369,16 @@ class Simvue:
             raise RoleError("this forked process cannot find its parent's run (SIMVUE_HPC_ENDPOINT is not set)")
         self._forked = False
         self._marks_termination = False
-        reporter = self._connect(placement.endpoint, placement.secret, placement.rank, placement.size)
-        hooks.register(self, child=True)
-        return reporter
+        return self._connect(placement.endpoint, placement.secret, placement.rank, placement.size, child=True)
 
 
-def _only_attached(attach_to_run: bool) -> None:
-    if attach_to_run is not True:
-        raise ConfigurationError(
-            "attach_to_run must be True: an alert defined here belongs to this run (define alerts that "
-            "belong to no run with the Simvue server's own client)"
-        )
+def _event_text(message: object) -> str:
+    if not isinstance(message, BaseException):
+        return str(message)
+    text = f"{type(message).__name__}: {message}"
+    if sys.exc_info()[1] is message:  # the exception being handled: its traceback too
+        text += "\n" + "".join(traceback.format_exception(message)).rstrip("\n")
+    return text
 
 
 def attach(**settings: Any) -> Simvue:
@@ -475,7 +387,6 @@ def attach(**settings: Any) -> Simvue:
     if roles.detect().kind != "attach":
         raise RoleError(f"no run to attach to: {roles.ENDPOINT_VAR} is not set in this process")
     run.init()
-    hooks.register(run, child=True)
     return run
 
 

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 
@@ -34,6 +36,8 @@ current: Any = None  # this process's run: the last one initialised or attached
 closing = 0  # closes under way in this process
 signalled: int | None = None  # the signal that is ending this process
 _installed = False
+_deferring = 0  # joins under way: SIGTERM waits for them
+_pending: int | None = None  # a SIGTERM that came while deferring
 
 
 def register(run: Run, child: bool = False) -> None:
@@ -50,6 +54,14 @@ def register(run: Run, child: bool = False) -> None:
         import multiprocessing.util  # loaded already in a pool's worker
 
         multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+    catch_sigterm()
+
+
+def catch_sigterm() -> None:
+    """From now on SIGTERM unwinds the main thread (if SIGTERM still has its default action).
+
+    Called before a rank's handshake too: a pool's ``terminate()`` may come while a worker is still
+    joining, and the worker must then leave the run cleanly rather than vanish after its HELLO."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
@@ -62,20 +74,48 @@ def close_all() -> None:
             log.exception("closing a run at exit failed")
 
 
+@contextlib.contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Joining a run (handshake, I/O thread, registration) is not interrupted by SIGTERM: one that
+    comes meanwhile takes effect once the run is registered, so the exit handlers close it."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _pending is not None:
+        signum, _pending = _pending, None
+        _exit_on_sigterm(signum, None)
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM unwinds the main thread, so the exit handlers flush the buffer, record ``terminated``
     and say goodbye within Slurm's KillWait."""
-    global signalled
+    global signalled, _pending
     # A close under way, or a multiprocessing child already running its exit finalizers (ours
     # among them), is exiting anyway and bounded: raising here would abort the flush.
     if closing or getattr(sys.modules.get("multiprocessing.util"), "_exiting", False):
         return
+    # One SIGTERM is enough: a second one (a pool's parent terminating its daemon children again on
+    # its own way out) must not abort the flush the first one started.
+    if signalled is not None:
+        return
+    if _deferring:
+        _pending = signum
+        return
     signalled = signum
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)
 
 
 def _after_fork_in_child() -> None:
+    global _deferring, _pending
+    _deferring, _pending = 0, None
+    # Until this child joins the run itself, SIGTERM kills it as it would without simvue_hpc: our
+    # handler would unwind a copy of the parent's stack (a pool forking a worker) in the child.
+    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for run in list(live):
         run._after_fork()
     live.clear()

@@ -27,7 +27,15 @@ from typing import Any
 from . import transport
 from ._version import __version__
 from .config import HPCSettings
-from .errors import AggregatorUnreachable, ProtocolError, SimvueHPCError, TransportError
+from .errors import (
+    AggregatorLost,
+    AggregatorUnreachable,
+    ProtocolError,
+    ReporterDied,
+    RunStopped,
+    SimvueHPCError,
+    TransportError,
+)
 from .outbox import Every, Outbox
 from .protocol import (
     FileChunk,
@@ -44,6 +52,7 @@ from .protocol import (
     decode,
     encode,
 )
+from .relay.placement import is_relay_endpoint
 from .resources import ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,21 @@ FILE_CHUNK_BYTES = 1 << 20
 FILE_CHUNKS_IN_FLIGHT = 8
 SNDHWM = 64
 PUMP_RETRY = 0.005  # how soon the I/O thread tries again when ZeroMQ would block
+GOODBYE_LINGER_MS = 1000  # how long a rank that leaves during its handshake tries to deliver its goodbye
+RECONNECT_GRACE = 5.0  # a connection to the aggregator lost this long (not re-established) means it is gone
+
+
+def process_identity() -> tuple[int, int]:
+    """This process's start time (clock ticks since boot) and pid namespace inode; 0 where unknown.
+    With the pid they tell the aggregator whether a local rank is still this process."""
+    start_time = pid_ns = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read()
+        start_time = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22; the name may hold spaces
+    with contextlib.suppress(OSError):
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+    return start_time, pid_ns
 
 
 @dataclass
@@ -74,6 +98,7 @@ class Reporter:
     ) -> None:
         self.endpoint = endpoint
         self.settings = settings
+        start_time, pid_ns = process_identity()
         self._hello = Hello(
             secret=secret,
             rank=rank,
@@ -82,6 +107,8 @@ class Reporter:
             pid=os.getpid(),
             client=f"simvue_hpc-python {__version__}",
             reductions=dict(reductions or {}),
+            start_time=start_time,
+            pid_ns=pid_ns,
         )
         self.rank = rank
         self.run_id = ""
@@ -127,11 +154,21 @@ class Reporter:
     def start(self) -> Welcome:
         """Handshake with the aggregator, then start the I/O thread."""
         self._ctx = transport.context()
-        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM)
+        s = self.settings  # an aggregator that stops answering ZeroMQ's pings is as gone as a dead one
+        keys = "" if is_relay_endpoint(self.endpoint) else self._hello.secret  # a relay: private ipc, no CURVE
+        self._sock = transport.connect_dealer(
+            self._ctx, self.endpoint, SNDHWM, keys, ping=s.heartbeat_interval, ping_timeout=s.rank_timeout
+        )
         transport.send(self._sock, encode(self._hello, 0), block=True)
-        reply = self._await_welcome()
+        try:
+            reply = self._await_welcome()
+        except BaseException:  # SIGTERM (a pool's terminate) or Ctrl-C during the handshake
+            self._leave_quietly()
+            raise
         self.rank, self.run_id, self.run_name = reply.rank, reply.run_id, reply.run_name
         self.outbox.rank = reply.rank
+        # The aggregator's share of its message budget: never flush more often than it says.
+        self.outbox.flush_interval = max(self.settings.flush_interval, reply.flush_interval)
         sampler = None
         with contextlib.suppress(Exception):  # an odd sandbox without /proc: then no resource metrics
             # Made here, not in the I/O thread: an import in a thread racing a fork (pool workers)
@@ -166,12 +203,17 @@ class Reporter:
                 raise TransportError(f"the aggregator refused this rank: {reply.reason}")
 
     # ------------------------------------------------------------------------------------------ control path
-    def send(self, message: Message) -> None:
-        """Queue a control message (event, run update, alert, status) behind what is buffered."""
+    def send(self, message: Message) -> bool:
+        """Queue a control message (event, run update, alert, status) behind what is buffered.
+        False when the run stopped taking this rank's data (the first such call raises why)."""
         if self._closed or self.outbox.closing:
             raise SimvueHPCError("this run is closed")
+        if self.outbox.stopped_here():
+            self.outbox.dropped_calls += 1
+            return False
         self._controls.append((message, False))
         self._wake()
+        return True
 
     def save(self, path: Path, name: str, category: str, mime_type: str) -> str:
         """Send a file unless the aggregator already holds its checksum; returns the sha256."""
@@ -184,7 +226,9 @@ class Reporter:
         sha = digest.hexdigest()
         wait = self._file_waits.setdefault(sha, _FileWait())
         deadline = time.monotonic() + self.settings.file_timeout
-        self.send(FileOffer(sha, size, name, category, str(path.resolve()), mime_type, time.time_ns()))
+        if not self.send(FileOffer(sha, size, name, category, str(path.resolve()), mime_type, time.time_ns())):
+            self._file_waits.pop(sha, None)
+            return ""
         try:
             while True:
                 reply = self._next_file_reply(wait, deadline, name)
@@ -202,6 +246,9 @@ class Reporter:
             if wait.replies:
                 break
             if self._detached_reason:
+                stopped = self.outbox.stopped
+                if isinstance(stopped, RunStopped) and not self.outbox.stopped_here():
+                    raise stopped
                 raise TransportError(f"file {name!r} was not stored: {self._detached_reason}")
             if not wait.event.wait(max(0.0, deadline - time.monotonic())):
                 raise TransportError(
@@ -253,23 +300,35 @@ class Reporter:
             os.write(self._wake_w, b"\x01")
 
     def _run(self, sampler: ResourceSampler | None) -> None:
+        monitor = None
         try:
-            self._loop(sampler)
-        except Exception:
+            monitor = transport.watch_connection(self._sock)
+            self._loop(sampler, monitor)
+        except Exception as exc:
             log.exception("rank %d: the simvue_hpc I/O thread failed", self.rank)
-            self._detached_reason = "the I/O thread failed"
+            self._stop(ReporterDied(f"rank {self.rank}: the thread sending to the aggregator failed: {exc!r}"), exc)
         finally:
             if sampler is not None:
                 sampler.close()
+            transport.close(monitor)
             transport.close(self._sock)
             self._ctx.term()
             for wait in self._file_waits.values():
                 wait.event.set()
 
-    def _loop(self, sampler: ResourceSampler | None) -> None:
-        poller = transport.poller((self._sock, transport.POLLIN), (self._wake_r, transport.POLLIN))
+    def _stop(self, error: RunStopped, cause: BaseException | None = None) -> None:
+        """This rank can no longer deliver: the next call raises ``error``, later ones drop."""
+        error.__cause__ = cause
+        self._detached_reason = str(error)
+        self.outbox.stop(error)
+
+    def _loop(self, sampler: ResourceSampler | None, monitor: Any) -> None:
+        poller = transport.poller(
+            (self._sock, transport.POLLIN), (self._wake_r, transport.POLLIN), (monitor, transport.POLLIN)
+        )
         outbox = self.outbox
         now = time.monotonic()
+        lost_since: float | None = None
         heartbeat = Every(self.settings.heartbeat_interval, now)
         resources = Every(self.settings.system_metrics_interval, now)
         close_deadline: float | None = None
@@ -281,7 +340,12 @@ class Reporter:
                 wake_at = min(wake_at, now + PUMP_RETRY)
             if close_deadline is not None:
                 wake_at = min(wake_at, close_deadline)
+            if lost_since is not None:
+                wake_at = min(wake_at, lost_since + RECONNECT_GRACE)
             events = dict(poller.poll(int(max(0.0, wake_at - now) * 1000)))
+            if monitor in events:
+                for connected in transport.connection_changes(monitor):
+                    lost_since = None if connected else (lost_since or time.monotonic())
             if self._wake_r in events:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
@@ -312,6 +376,14 @@ class Reporter:
                 self._enqueue(Heartbeat(time.time_ns(), outbox.sent_points, outbox.dropped_points), 0, False)
                 self._pump()
             if self.acknowledged or self._detached_reason:
+                return
+            if lost_since is not None and time.monotonic() >= lost_since + RECONNECT_GRACE:
+                lost = AggregatorLost(
+                    f"rank {self.rank}: the connection to the aggregator at {self.endpoint} was lost and not "
+                    f"re-established within {RECONNECT_GRACE:.0f} s; {outbox.buffered()} point(s) not delivered"
+                )
+                log.error("%s", lost)
+                self._stop(lost)
                 return
             if close_deadline is not None and time.monotonic() >= close_deadline:
                 log.warning(
@@ -357,7 +429,10 @@ class Reporter:
                     wait.event.set()
             elif isinstance(message, Reject):
                 log.error("rank %d: the aggregator stopped taking data: %s", self.rank, message.reason)
-                self._detached_reason = message.reason
+                self._stop(RunStopped(f"the aggregator refused this rank: {message.reason}"))
+            elif isinstance(message, Notice) and message.kind == "stopped":
+                log.error("rank %d: the run stopped taking data: %s", self.rank, message.message)
+                self.outbox.stop(RunStopped(f"the run stopped taking data: {message.message}"))
             elif isinstance(message, Notice) and message.kind == "abort":
                 self._abort(message.message)
             elif isinstance(message, Notice):
@@ -374,6 +449,15 @@ class Reporter:
         log.warning("rank %d: the run was aborted: %s", self.rank, self.abort_reason)
         if self.settings.on_abort == "terminate":
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def _leave_quietly(self) -> None:
+        """After a HELLO and no more: a GOODBYE of nothing, so the aggregator does not wait for us."""
+        if self._sock is None:
+            return
+        with contextlib.suppress(Exception):
+            transport.send(self._sock, encode(Goodbye(0, 0, {}), 1))
+            transport.close(self._sock, linger_ms=GOODBYE_LINGER_MS)
+        self._shutdown_socket()
 
     def _shutdown_socket(self) -> None:
         transport.close(self._sock)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..config import HPCSettings
 from ..protocol import MetricBatch
+from ..relay.wire import PartialBatch
 from .accumulate import Partials, accumulate, merge
 from .actions import AppendMetrics
 from .peers import INT64_MAX, INT64_MIN, Roster
@@ -50,6 +51,7 @@ class _Metric:
     reduction: Reduction
     first_seen: float
     contributors: set[int] = field(default_factory=set)
+    relayed: dict[int, int] = field(default_factory=dict)  # node relay's rank -> its ranks logging this
     live_contributors: int = 0
     settled: bool = False
     emitted: bool = False
@@ -59,7 +61,8 @@ class _Metric:
     def mode(self) -> int:
         if self.reduction.per_rank:
             return PER_RANK
-        return RAW if len(self.contributors) <= 1 else REDUCED
+        ranks = len(self.contributors) - len(self.relayed) + sum(self.relayed.values())
+        return RAW if ranks <= 1 else REDUCED
 
 
 class StepFinality:
@@ -90,6 +93,7 @@ class StepFinality:
         self._progress: dict[int, int] = {}
         self._heap: list[tuple[int, int]] = []  # (progress, rank), stale entries removed lazily
         self._rank_metrics: dict[int, set[int]] = {}
+        self._late_groups: list[Partials] = []  # relays' rows that came after their step was stored
         self._names: dict[int, tuple[list[str], np.ndarray, np.ndarray, bool]] = {}  # see _names_of
 
     # ------------------------------------------------------------------------------------------ ranks
@@ -185,9 +189,62 @@ class StepFinality:
             cached = self._names[rank] = (list(names), lut, contributed, bool((lut < 0).any()))
         return cached[1], cached[2], cached[3]
 
+    def ingest_partials(self, relay: int, batch: PartialBatch, now: float) -> int:
+        """A node relay's accumulators: merged into the open groups as its ranks' points would be folded;
+        its ``through`` is its progress. Returns the points they stand for."""
+        lut = np.full(len(batch.names), -1, dtype=np.int64)
+        for i, name in enumerate(batch.names):
+            metric = self._metric(name, now)
+            if metric is not None:
+                lut[i] = metric.gid
+        for name, ranks in batch.contributors.items():
+            metric = self._metrics.get(name)
+            if metric is not None and ranks > 0:
+                metric.relayed[relay] = ranks
+                if relay not in metric.contributors:
+                    self._contribute(metric, relay)
+                self._mode[metric.gid] = metric.mode
+        progress = batch.through + 1 if batch.through < INT64_MAX else INT64_MAX
+        if progress > self._progress.get(relay, INT64_MIN):
+            self._progress[relay] = progress
+            if relay in self._live:
+                heapq.heappush(self._heap, (progress, relay))
+        rows = batch.partials
+        if not len(rows):
+            return 0
+        gid = lut[rows.key]
+        keep = gid >= 0
+        if not keep.all():
+            self._over_bound(
+                "max_metrics",
+                f"the run has {self._max_metrics} distinct metric names (the "
+                "max_metrics bound): points of further names are dropped",
+                int(rows.count[~keep].sum()),
+            )
+        rows = replace(rows, key=gid, arrived=np.full(len(gid), now)).select(keep)
+        late = rows.step <= self._final_step[rows.key]
+        if late.any():
+            self._counters["late_points"] += int(rows.count[late].sum())
+            self._late_groups.append(rows.select(late))
+        rows = rows.select(~late)
+        reduced = self._mode[rows.key] == REDUCED
+        if reduced.any():
+            self._open = merge(self._open, _sorted(rows.select(reduced)))
+        if not reduced.all():  # one rank in the whole job logs it: its points, as logged (count 1 each)
+            single = rows.select(~reduced)
+            n = len(single)
+            self._keep_raw(
+                single.key, single.step, np.full(n, -1, np.int64), single.time_ns, single.mean, single.arrived
+            )
+        self._cap_open_steps()
+        return int(batch.partials.count[keep].sum())
+
     def reduce(self, now: float, final: bool) -> list[AppendMetrics]:
         """Fold the staged points in; store the late ones and what became final (everything when ``final``)."""
         out: list[AppendMetrics] = []
+        if self._late_groups:  # relays' rows for steps already stored
+            self._emit(_sorted(merge(*self._late_groups)), [], out, late=True)
+            self._late_groups = []
         self._fold(now, out)
         pending = set(np.unique(self._open.key).tolist()) | self._raw_gids
         if not pending:
@@ -456,6 +513,11 @@ class StepFinality:
                 late=late,
             )
         )
+
+
+def _sorted(rows: Partials) -> Partials:
+    """Groups (one row each) sorted by (key, step), as open groups are kept."""
+    return rows.select(np.lexsort((rows.step, rows.key)))
 
 
 def _concat(chunks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:

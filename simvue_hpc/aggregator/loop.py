@@ -56,6 +56,7 @@ class AggregatorSpec:
     settings: HPCSettings = field(default_factory=HPCSettings)
     reductions: dict[str, list[str]] = field(default_factory=dict)
     server: ServerSettings | None = field(default=None, repr=False)  # None: offline; holds the token
+    curve_secret: str = field(default="", repr=False)  # the aggregator's CURVE key (transport.new_credentials)
 
     def to_json(self) -> str:
         """The spec as one JSON line for the child process (it holds the secret and the token)."""
@@ -100,7 +101,11 @@ class AggregatorService:
         """Bind the socket and create the store; errors surface here, in the caller."""
         transport.raise_fd_limit(self.spec.expected_ranks)
         self._ctx = transport.context()
-        self._sock, self.endpoint = transport.bind_router(self._ctx, kind, self.spec.run_id)
+        limits = transport.Limits.from_settings(self.settings)
+        spec = self.spec
+        self._sock, self.endpoint = transport.bind_router(
+            self._ctx, kind, spec.run_id, secret=spec.secret, server_key=spec.curve_secret, limits=limits
+        )
         try:
             self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
             self._store.append(RecordType.RUN, dict(self.spec.run))
@@ -425,6 +430,7 @@ class ProcessHost:
             raise TransportError(f"the aggregator process did not start: {reason}")
         self.endpoint: str = answer["endpoint"]
         self.uploaded: bool | None = None
+        self._run_id = spec.run_id
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -444,6 +450,8 @@ class ProcessHost:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self.endpoint.startswith("ipc://"):
+            transport.remove_ipc_file(self._run_id)  # left behind if the child was killed
         if answer:
             self.uploaded = answer.get("uploaded")
         return answer.get("status") if answer else None

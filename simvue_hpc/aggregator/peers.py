@@ -44,6 +44,7 @@ class Roster:
         self.expected = expected
         self.by_identity: dict[bytes, Peer] = {}
         self.by_rank: dict[int, Peer] = {}
+        self.relayed: dict[int, int] = {}  # a node relay's rank -> the ranks joined behind it
         self.live_count = 0  # kept as links come, go and change state: O(1) to read
         self.top_rank = -1  # the largest rank ever registered
 
@@ -82,9 +83,10 @@ class Roster:
     def unfinished(self) -> tuple[list[int], list[int]]:
         """At the end: the ranks still live (no goodbye), and the expected ranks that never joined."""
         live = sorted(p.rank for p in self.live())
-        never = [r for r in range(self.expected or 0) if r not in self.by_rank]
+        never = [] if self.all_joined() else [r for r in range(self.expected or 0) if r not in self.by_rank]
         return live, never
 
     def all_joined(self) -> bool:
         """Every expected rank has joined (always true in a pool)."""
-        return self.expected is None or len(self.by_rank) >= self.expected
+        joined = len(self.by_rank) - len(self.relayed) + sum(self.relayed.values())
+        return self.expected is None or joined >= self.expected

@@ -42,6 +42,7 @@ from ..protocol import (
     Welcome,
 )
 from ..records import RecordType
+from ..relay.wire import PartialBatch
 from .actions import Action, Append, AppendMetrics, Finish, Reply
 from .admission import Admission
 from .files import FileTransfers
@@ -107,6 +108,7 @@ class AggregatorState:
         self._live = LiveRanks(self._settings.heartbeat_interval, now)
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
+            PartialBatch: self._on_partials,
             Resources: self._on_resources,
             Event: self._on_event,
             Heartbeat: self._on_heartbeat,
@@ -322,6 +324,15 @@ class AggregatorState:
             self.counters["points_after_stop"] += n
             return
         self._steps.ingest(peer.rank, batch, now)
+
+    def _on_partials(self, peer: Peer, batch: PartialBatch, now: float, out: list[Action]) -> None:
+        """A node relay's pre-reduced points (relay/): its ranks count as joined, its rows are merged."""
+        for problem in self._steps.request_reductions(batch.reductions):
+            self._event(f"rank {peer.rank} (a node relay): ignored reduction: {problem}", "warning", out)
+        self._roster.relayed[peer.rank] = batch.ranks
+        n = self._steps.ingest_partials(peer.rank, batch, now)
+        peer.received_points += n
+        self.counters["points_received"] += n
 
     def _on_resources(self, peer: Peer, msg: Resources, now: float, out: list[Action]) -> None:
         self._resources.observe(peer.identity, msg, now)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from simvue_hpc import RunAborted, Simvue
+from simvue_hpc.errors import RunStopped
 from simvue_hpc.store import list_runs, load_run
 from tests.helpers import only_run, wait_until
 
@@ -51,7 +52,7 @@ def test_user_and_event_alerts(store: Path) -> None:
         run.create_event_alert("diverged", "diverg", frequency=FAST_MINUTES)
         run.log_alert(name="manual", state="critical")
         run.event("the solver diverged at step 10")
-        time.sleep(0.8)
+        wait_until(lambda: any("'diverged' is critical" in e["message"] for e in only_run(store).events), 30)
     view = only_run(store)
     assert view.alert_states["manual"]["status"] == "critical"
     assert any("'diverged' is critical" in e["message"] for e in view.events)
@@ -210,3 +211,60 @@ def test_rank_killed_with_sigkill_under_mpiexec(store: Path, tmp_path: Path) -> 
     assert view.status == "failed"  # the host died without closing the run
     assert 2 in view.end["lost_ranks"] or 2 in view.end["missing_ranks"]
     assert len(view.metrics["x"].value) > 0
+
+
+RANK_UNTIL_STOPPED = textwrap.dedent(
+    """
+    import sys
+    import simvue_hpc
+    from simvue_hpc.errors import AggregatorLost
+    run = simvue_hpc.attach(close_timeout=600)
+    step = 0
+    try:
+        while True:
+            run.log({"v": float(step)}, step=step)
+            step += 1
+    except AggregatorLost as exc:
+        print("lost:", exc, flush=True)
+    run.close()
+    print("closed", flush=True)
+    """
+)
+
+
+def _aggregator_pid() -> int:
+    import psutil
+
+    (child,) = [p for p in psutil.Process().children() if "simvue_hpc.aggregator" in " ".join(p.cmdline())]
+    return int(child.pid)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_dead_or_stopped_aggregator_is_an_error_on_every_rank_and_nobody_waits(
+    store: Path, monkeypatch: pytest.MonkeyPatch, how: signal.Signals
+) -> None:
+    """The aggregator killed (its connections close) or stopped (it no longer answers ZeroMQ's
+    pings): the ranks used to log on into the void and wait the whole close timeout. Now the next
+    call raises AggregatorLost once and close() does not wait for an answer."""
+    monkeypatch.setenv("SIMVUE_HPC_RANK_TIMEOUT", "2")  # how long unanswered pings mean "gone"
+    run = Simvue(close_timeout=600)
+    run.init(name="lost-aggregator")
+    other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_STOPPED], stdout=subprocess.PIPE, text=True)
+    aggregator = _aggregator_pid()
+    try:
+        run.log({"v": 0.0})
+        wait_until(lambda: len(only_run(store).ranks) == 2, 60, what="the other rank to join")
+        os.kill(aggregator, how)
+        with pytest.raises(RunStopped):  # AggregatorLost, once; the calls before it are buffered
+            for step in range(1, 20_000):
+                run.log({"v": float(step)})
+                time.sleep(0.001)
+        assert run.log({"v": -1.0}) is False  # later calls drop
+        out, _ = other.communicate(timeout=120)  # close_timeout is 600 s: ending at all shows nobody waited
+        assert "lost: " in out and out.rstrip().endswith("closed"), out
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        os.kill(aggregator, signal.SIGKILL)
+    run.close()  # returns: the error was raised already

@@ -16,7 +16,7 @@ import pytest
 
 import simvue_hpc
 from simvue_hpc import Simvue
-from tests.helpers import assert_store_matches, expected, only_run
+from tests.helpers import assert_store_matches, expected, only_run, wait_until
 
 WORKERS = 4
 STEPS = 50
@@ -137,7 +137,6 @@ def _logger_then_wait(ready: Any) -> None:
     assert _run is not None
     for step in range(100):
         _run.log({"k": float(step)})
-    time.sleep(0.3)  # the batch leaves within flush_interval
     ready.set()
     time.sleep(600)
 
@@ -152,6 +151,8 @@ def test_worker_killed_with_sigkill_is_recorded_lost(store: Path, monkeypatch: p
     child = ctx.Process(target=_logger_then_wait, args=(ready,))
     child.start()
     assert ready.wait(30)
+    stored = lambda: "k" in (view := only_run(store)).metrics and len(view.metrics["k"].step) == 100  # noqa: E731
+    wait_until(stored, 30, what="the rank's 100 points in the store")
     os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
     child.join()
     _run.log({"k": 1000.0}, step=1000)
@@ -211,3 +212,52 @@ def test_a_joining_rank_loads_neither_the_uploader_nor_the_aggregator(store: Pat
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
     assert only_run(store).metrics["joined"].value.tolist() == [1.0]
+
+
+IDIOM = """
+import multiprocessing as mp, sys
+from concurrent.futures import ProcessPoolExecutor
+import simvue_hpc
+from tests.integration.test_pools import WORKERS, idiom_task
+
+method, kind = sys.argv[1], sys.argv[2]
+ctx = mp.get_context(method)
+run = simvue_hpc.Simvue()
+run.init(name=f"{kind}-{method}")
+if kind == "pool":
+    with ctx.Pool(WORKERS, initializer=simvue_hpc.init_worker) as pool:
+        pool.map(idiom_task, range(2 * WORKERS))
+else:
+    with ProcessPoolExecutor(WORKERS, mp_context=ctx, initializer=simvue_hpc.init_worker) as ex:
+        list(ex.map(idiom_task, range(2 * WORKERS)))
+run.close()
+print(run.status)
+"""
+
+
+def idiom_task(task: int) -> int:
+    run = simvue_hpc.current_run()
+    for step in range(STEPS):
+        run.log({f"task{task}": value(task, step)}, step=step)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_documented_pool_idioms_keep_every_point(store: Path, method: str, kind: str) -> None:
+    """``with Pool(4, initializer=init_worker) as pool: pool.map(...)`` (whose ``__exit__`` terminates
+    the workers: SIGTERM, possibly while one is still joining) and ``ProcessPoolExecutor``: every
+    worker flushes and says goodbye. Each case runs in a fresh interpreter, as a user's script does
+    (a forkserver started for an earlier run would carry that run's environment)."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-c", IDIOM, method, kind], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    view = only_run(store)
+    assert view.status == "completed" and proc.stdout.strip() == "completed"
+    lost = {r: v for r, v in view.ranks.items() if v["state"] != "closed"}
+    assert not lost, (lost, proc.stderr[-3000:])
+    tasks = 2 * WORKERS
+    assert_store_matches(view, expected([(f"task{t}", s, value(t, s)) for s in range(STEPS)] for t in range(tasks)))
