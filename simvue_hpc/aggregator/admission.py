@@ -9,12 +9,14 @@ each peer's protocol errors. Pure: the state machine performs what it decides.
 from __future__ import annotations
 
 import hmac
+import logging
 
 from ..config import HPCSettings
 from ..protocol import Hello, Reject
 from .actions import Action, Reply
-from .peers import LIVE, Roster
+from .peers import LIVE, Peer, Roster
 
+log = logging.getLogger(__name__)
 COMPLAINT_INTERVAL = 60.0  # seconds between two reports of one peer's protocol errors
 MAX_REMEMBERED = 10_000  # unknown or complaining peers remembered at once
 
@@ -82,6 +84,18 @@ class Admission:
         ranks = self._expected or self._roster.live_count
         interval = ranks / self._settings.message_rate_budget
         return interval if interval > self._settings.flush_interval else 0.0
+
+    def complaint(self, identity: bytes, peer: Peer | None, text: str, now: float) -> str | None:
+        """A protocol error of ``identity`` (``peer``: its rank, None: an unknown peer): the text to
+        record for a rank, at most once per ``COMPLAINT_INTERVAL`` (None otherwise); an unknown peer's
+        is logged here, as there is no rank to record it with."""
+        more = self.report(identity, now)
+        if more is None:
+            return None
+        if peer is None:
+            log.warning("%s%s", text.format("an unknown peer"), more)
+            return None
+        return text.format(f"rank {peer.rank} on {peer.host}") + more
 
     def report(self, identity: bytes, now: float) -> str | None:
         """Whether to report a protocol error of ``identity`` now: None if one was reported less than

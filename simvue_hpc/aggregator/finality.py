@@ -37,6 +37,7 @@ from ..protocol import MetricBatch
 from ..relay.wire import PartialBatch
 from .accumulate import Partials, accumulate, merge
 from .actions import AppendMetrics
+from .output import StoredColumns
 from .peers import INT64_MAX, INT64_MIN, Roster
 from .reduce import Reduction
 
@@ -83,8 +84,7 @@ class StepFinality:
         self._by_gid: list[_Metric] = []
         self._final_step = np.full(16, INT64_MIN, dtype=np.int64)
         self._mode = np.zeros(16, dtype=np.int8)
-        self._out_ids: dict[str, int] = {}
-        self._out_names: list[str] = []
+        self._columns = StoredColumns()
         self._staged: list[tuple[np.ndarray, ...]] = []  # (gid, step, rank, time_ns, value) per batch
         self._staged_at: list[float] = []
         self._open = Partials.empty()
@@ -448,13 +448,6 @@ class StepFinality:
             heapq.heappop(heap)
         return heap[0][0] if heap else INT64_MAX
 
-    def _out_id(self, name: str) -> int:
-        oid = self._out_ids.get(name)
-        if oid is None:
-            oid = self._out_ids[name] = len(self._out_names)
-            self._out_names.append(name)
-        return oid
-
     def _emit_points(
         self,
         gid: np.ndarray,
@@ -476,51 +469,13 @@ class StepFinality:
         self._emit(groups, raw, out, late)
 
     def _emit(
-        self,
-        groups: Partials,
-        raw: list[tuple[int, tuple[np.ndarray, ...]]],
-        out: list[AppendMetrics],
-        late: bool,
+        self, groups: Partials, raw: list[tuple[int, tuple[np.ndarray, ...]]], out: list[AppendMetrics], late: bool
     ) -> None:
         """Turn final groups and points into stored columns: one AppendMetrics."""
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for gid, (step, rank, t_ns, value, *_) in raw:
-            metric = self._by_gid[gid]
-            metric.emitted = True
-            if metric.reduction.per_rank:
-                ranks, inverse = np.unique(rank, return_inverse=True)
-                ids = np.array([self._out_id(f"{metric.name}/rank_{int(r)}") for r in ranks], dtype=np.int64)
-                parts.append((ids[inverse.ravel()], step, t_ns, value))
-            else:
-                parts.append((np.full(len(step), self._out_id(metric.name), np.int64), step, t_ns, value))
-        if len(groups):
-            starts = np.flatnonzero(np.r_[True, groups.key[1:] != groups.key[:-1]])
-            ends = np.r_[starts[1:], len(groups)]
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                metric = self._by_gid[int(groups.key[a])]
-                metric.emitted = True
-                reduction = Reduction() if metric.reduction.per_rank else metric.reduction
-                names = reduction.output_names(metric.name)
-                for op, name in zip(reduction.operations, names, strict=True):
-                    col = groups.column(op)[a:b]
-                    oid = np.full(b - a, self._out_id(name), np.int64)
-                    parts.append((oid, groups.step[a:b], groups.time_ns[a:b], col))
-        if not parts:
-            return
-        out_id = np.concatenate([p[0] for p in parts])
-        used, local = np.unique(out_id, return_inverse=True)
-        values = np.concatenate([p[3] for p in parts])
-        self._counters["points_stored"] += len(values)
-        out.append(
-            AppendMetrics(
-                names=[self._out_names[int(i)] for i in used],
-                name_id=local.ravel().astype(np.uint32),
-                step=np.concatenate([p[1] for p in parts]),
-                time_us=np.concatenate([p[2] for p in parts]) // 1000,
-                value=values,
-                late=late,
-            )
-        )
+        action = self._columns.build(self._by_gid, groups, raw, late)
+        if action is not None:
+            self._counters["points_stored"] += len(action.value)
+            out.append(action)
 
 
 def _combined(rows: Partials) -> Partials:

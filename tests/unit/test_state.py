@@ -1251,7 +1251,7 @@ def over_bounds_events(h: Harness) -> list[str]:
 def test_protocol_errors_are_logged_once_per_peer_per_minute(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness()
     joined(h, 0)
-    with caplog.at_level(logging.WARNING, logger="simvue_hpc.aggregator.state"):
+    with caplog.at_level(logging.WARNING, logger="simvue_hpc.aggregator"):
         for _ in range(1000):
             h.actions += h.state.protocol_error(ident(0), "truncated header", h.now)
             h.actions += h.state.protocol_error(b"stranger", "bad magic", h.now)
