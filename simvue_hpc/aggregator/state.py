@@ -147,9 +147,12 @@ class AggregatorState:
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
             self._live_changed(peer)
         handler = self._handlers.get(type(msg))
-        if handler is None:
+        problem = (
+            self._admission.invalid(msg) if handler else f"{{}} sent {type(msg).__name__}, which ranks do not send"
+        )
+        if handler is None or problem:
             self.counters["protocol_errors"] += 1
-            self._complain(identity, peer, f"{{}} sent {type(msg).__name__}, which ranks do not send", now, out)
+            self._complain(identity, peer, problem or "", now, out)
         else:
             handler(peer, msg, now, out)
             self._notes(out)

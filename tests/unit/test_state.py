@@ -1387,3 +1387,29 @@ def test_memory_follows_what_is_open_not_the_length_of_the_run() -> None:
         tracemalloc.stop()
     assert held[1] - held[0] < 64 * 1024, held  # 100,000 more points went through
     assert state.counters["points_stored"] > 3 * 5_990 * 10
+
+
+def test_well_formed_but_impossible_messages_are_refused_and_counted() -> None:
+    h = Harness(expected_ranks=2, system_metrics_interval=1.0)
+    joined(h, 0, 1)
+    h.send(ident(0), Resources(1, 50.0, 100.0, [[1.0] * 100]))  # not [index, utilisation, memory]
+    h.send(ident(1), Resources(1, float("nan"), 100.0))
+    h.send(ident(0), Status("bogus", "r"))
+    h.send(ident(0), Status("{0} {x}", "braces"))
+    out = h.tick(1.0)  # the roll-up ignores what was refused
+    assert not [a for a in out if isinstance(a, AppendMetrics) and a.names[0].startswith("resources/")]
+    assert records(h.actions, RecordType.STATUS) == []
+    assert h.state.counters["protocol_errors"] == 4
+    for r in (0, 1):
+        h.goodbye(r)
+    assert finishes(h.tick()) == ["completed"]
+
+
+def test_hello_with_an_impossible_rank_or_host_is_rejected() -> None:
+    h = Harness(expected_ranks=4, peer_margin=2)
+    for kw in ({"rank": 2**62}, {"rank": 6}):
+        (msg,) = replies(h.send(b"odd", Hello(SECRET, size=4, host="n", pid=1, client="t", **kw)))  # type: ignore[arg-type]
+        assert isinstance(msg, Reject) and "rank" in msg.reason
+    (msg,) = replies(h.send(b"long", Hello(SECRET, 1, 4, "h" * 300, 1, "t")))
+    assert isinstance(msg, Reject) and "host" in msg.reason
+    assert replies(h.hello(5), 5) == [Welcome(5, "run-1", "the-run")]  # within the margin
