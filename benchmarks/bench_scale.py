@@ -3,7 +3,9 @@
 Part 1 (the default). ``svh_scale_driver`` (``benchmarks/scale_driver.c``, built here with CMake
 against the project's C client) forks N processes under ``simvue-hpc run --ranks N`` (the sidecar
 hosts the run's aggregator); each plays an MPI rank (``OMPI_COMM_WORLD_RANK/SIZE``; with
-``--nodes K`` also ``SIMVUE_HPC_NODE``, K simulated nodes), calls ``svh_connect_env``, logs
+``--nodes K`` also ``SIMVUE_HPC_NODE``, K simulated nodes; with ``--relays`` also a node relay per
+simulated node, ``benchmarks/scale_job.sh``, and ``SIMVUE_HPC_HIERARCHY=node``), calls
+``svh_connect_env``, waits until every rank is connected (as ranks leave ``MPI_Init``), logs
 ``--metrics`` values per step with ``svh_log_many`` at ``--hz`` for ``--seconds``, then
 ``svh_close``. Every value is a known function of (rank, metric, step), exact in binary, so each
 stored reduction is checked against the inputs: count, sum, min and max bit for bit, mean and std
@@ -20,7 +22,7 @@ and the files each leaves on disk.
 Usage::
 
     python benchmarks/bench_scale.py --procs 1024 --seconds 20          # flat
-    python benchmarks/bench_scale.py --procs 1024 --seconds 20 --nodes 8
+    python benchmarks/bench_scale.py --procs 1024 --seconds 20 --nodes 8 --relays
     python benchmarks/bench_scale.py --quick                            # CI smoke: N=64, 2 s
     python benchmarks/bench_scale.py --compare --procs 16,64 --seconds 10
 """
@@ -433,7 +435,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--hz", type=float, default=10.0)
     ap.add_argument("--metrics", type=int, default=10)
-    ap.add_argument("--quick", action="store_true", help="CI smoke size: N=64, 2 s, flat and 2 nodes")
+    ap.add_argument("--quick", action="store_true", help="CI smoke size: N=64, 2 s, flat and 2 node relays")
     ap.add_argument("--compare", action="store_true", help="part 2: the official client side by side")
     ap.add_argument("--compare-worker", choices=("official", "simvue_hpc"), help=argparse.SUPPRESS)
     ap.add_argument("--relays", action="store_true", help="with --nodes K: a node relay per simulated node")
@@ -446,6 +448,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.procs, args.seconds, args.nodes = ("64" if not args.compare else "4"), 2.0, "0,2"
+        args.relays = True  # the smoke run covers the flat job and one through 2 node relays
     args.procs = [int(p) for p in str(args.procs).split(",")]
     args.nodes = [int(n) for n in str(args.nodes).split(",")]
     C.header("bench_scale: C-client processes into one run" if not args.compare else "bench_scale --compare")

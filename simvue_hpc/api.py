@@ -34,6 +34,7 @@ from .runspec import attach_environment
 
 if TYPE_CHECKING:
     from .aggregator.loop import ProcessHost, ThreadHost
+    from .relay.launch import NodeRelay
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Simvue(OfficialAlerts):
         self._host: ThreadHost | ProcessHost | None = None
         self._exported: dict[str, str | None] = {}
         self._rendezvous: Path | None = None
+        self._relay: NodeRelay | None = None  # the node relay this rank started (relay/launch.py)
         self._upload_timeout = 0.0
         self._status_sent = False
         self._marks_termination = True  # a SIGTERM to this process means the job is being stopped
@@ -138,7 +140,14 @@ class Simvue(OfficialAlerts):
             raise error
         if info[0] == "error":
             raise RoleError(f"rank 0 could not start the aggregator: {info[1]}")
-        self._connect(info[0], info[1], placement.rank, placement.size)
+        endpoint = info[0]
+        if placement.size > 1 and self._settings.hierarchy != "flat":
+            from .relay import launch  # each node's first rank starts the node's relay
+
+            endpoint, self._relay = launch.node_endpoint(
+                comm, placement.rank, info[0], info[1], self._settings.connect_timeout, self._settings.hierarchy
+            )
+        self._connect(endpoint, info[1], placement.rank, placement.size)
 
     def _init_launcher(self, placement: roles.Placement, run: dict[str, Any]) -> None:
         from .store import default_root
@@ -302,6 +311,9 @@ class Simvue(OfficialAlerts):
         acknowledged = reporter.close(timeout=1.0 if dead else None)
         if dead:
             log.error("the aggregator of run %s died; what it had not stored is lost", reporter.run_id)
+        if self._relay is not None:  # it ends once the node's ranks have closed
+            self._relay.finish(self._settings.close_timeout)
+            self._relay = None
         if self._host is not None:
             self.status = self._host.wait(self._settings.close_timeout + self._upload_timeout + 10)
             self.uploaded = self._host.uploaded
@@ -358,6 +370,7 @@ class Simvue(OfficialAlerts):
         self._host = None
         self._exported = {}
         self._rendezvous = None
+        self._relay = None
         self._forked = not self._closed
         self._closed = False
 

@@ -37,6 +37,7 @@ _CHOICES = {
     "aggregator": ("process", "thread"),
     "overflow": ("block", "drop"),
     "on_abort": ("raise", "terminate"),
+    "hierarchy": ("auto", "flat", "node"),
 }
 
 
@@ -73,6 +74,7 @@ class HPCSettings:
     peer_buffer_bytes: int = 1 << 30
     backlog: int = 4096
     handshake_timeout: float = 10.0
+    hierarchy: str = "flat"  # node: a relay per node pre-reduces its ranks' points; auto: when ranks span nodes
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -56,6 +56,11 @@
  *     SIMVUE_HPC_MAX_BUFFERED_POINTS, SIMVUE_HPC_OVERFLOW (block|drop), SIMVUE_HPC_OVERFLOW_TIMEOUT,
  *     SIMVUE_HPC_HEARTBEAT_INTERVAL, SIMVUE_HPC_CLOSE_TIMEOUT, SIMVUE_HPC_CONNECT_TIMEOUT,
  *     SIMVUE_HPC_FILE_TIMEOUT, SIMVUE_HPC_ON_ABORT (raise|terminate); or field by field with svh_options and svh_connect_opts().
+ *     The aggregator's WELCOME may ask for a longer flush interval (its message-rate budget shared among
+ *     the ranks): the client then never flushes more often than that.
+ *     SIMVUE_HPC_HIERARCHY (flat|node|auto, svh_options_from_env): "node" connects to this node's relay
+ *     (ipc://<tmpdir>/simvue_hpc-<SIMVUE_HPC_RUN_ID>-<node>.sock, node = SIMVUE_HPC_NODE or the host
+ *     name) instead of SIMVUE_HPC_ENDPOINT; "auto" does so when that socket exists.
  *
  * Abort
  *     When the aggregator sends a NOTICE of kind "abort" (the run was aborted from outside), every

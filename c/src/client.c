@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -943,6 +944,29 @@ static int set_nonblocking_cloexec(int fd) {
     return 0;
 }
 
+/* This process's start time, clock ticks since boot (/proc/self/stat field 22); 0 if unknown. */
+static int64_t own_start_time(void) {
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!p) return 0;
+    long long v = 0;
+    /* after ")": field 3 (state) is the first; field 22 is the 20th after it */
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %lld", &v) != 1)
+        return 0;
+    return (int64_t)v;
+}
+
+/* The inode of this process's pid namespace (/proc/self/ns/pid); 0 if unknown. */
+static int64_t own_pid_ns(void) {
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (int64_t)st.st_ino : 0;
+}
+
 /* Sends the HELLO and waits for the WELCOME. 0, or an error code (svh_last_error set). */
 /* The run's secret, "<token>:<server public key>:<client secret key>" with the keys in hex, carries the
  * CURVE keys the aggregator demands (simvue_hpc/transport.py): the connection is then encrypted and
@@ -992,7 +1016,8 @@ static int handshake(svh_client *c, const char *client, size_t nred, const svh_r
     svh_buf body;
     svh_buf_init(&body);
     if (!client) client = svh_version();
-    svh_enc_hello(&body, c->secret, c->opt.rank, c->opt.size, host, (int64_t)getpid(), client, nred, red);
+    svh_enc_hello(&body, c->secret, c->opt.rank, c->opt.size, host, (int64_t)getpid(), client, nred, red,
+                  own_start_time(), own_pid_ns());
     if (body.failed) {
         svh_buf_free(&body);
         return svh_set_error(SVH_ENOMEM, "out of memory");

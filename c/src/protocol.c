@@ -36,8 +36,9 @@ static int done(svh_buf *b) { return b->failed ? -1 : 0; }
 static void key(svh_buf *b, const char *k) { svh_mp_cstr(b, k); }
 
 int svh_enc_hello(svh_buf *b, const char *secret, int64_t rank, int64_t size, const char *host, int64_t pid,
-                  const char *client, size_t nreductions, const svh_reduction *reductions) {
-    svh_mp_map(b, 7);
+                  const char *client, size_t nreductions, const svh_reduction *reductions, int64_t start_time,
+                  int64_t pid_ns) {
+    svh_mp_map(b, 7 + (start_time != 0) + (pid_ns != 0));
     key(b, "secret"), svh_mp_cstr(b, secret);
     key(b, "rank"), svh_mp_int(b, rank);
     key(b, "size"), svh_mp_int(b, size);
@@ -51,6 +52,8 @@ int svh_enc_hello(svh_buf *b, const char *secret, int64_t rank, int64_t size, co
         svh_mp_array(b, (uint32_t)reductions[k].nops);
         for (size_t j = 0; j < reductions[k].nops; ++j) svh_mp_cstr(b, reductions[k].ops[j]);
     }
+    if (start_time) key(b, "start_time"), svh_mp_int(b, start_time); /* omitted when unknown, as in Python */
+    if (pid_ns) key(b, "pid_ns"), svh_mp_int(b, pid_ns);
     return done(b);
 }
 

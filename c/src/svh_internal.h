@@ -116,8 +116,11 @@ typedef struct svh_reduction {
     const char *const *ops;
 } svh_reduction;
 
+/* start_time (clock ticks since boot, /proc/self/stat field 22) and pid_ns (inode of /proc/self/ns/pid) let
+ * the aggregator tell at once that a rank on its own host is gone; 0 = unknown, then not written. */
 int svh_enc_hello(svh_buf *b, const char *secret, int64_t rank, int64_t size, const char *host, int64_t pid,
-                  const char *client, size_t nreductions, const svh_reduction *reductions);
+                  const char *client, size_t nreductions, const svh_reduction *reductions, int64_t start_time,
+                  int64_t pid_ns);
 int svh_enc_metrics(svh_buf *b, size_t nnames, const char *const *names, uint64_t count);
 int svh_enc_event(svh_buf *b, const char *message, int64_t time_ns, const char *level);
 int svh_enc_file_offer(svh_buf *b, const char *sha256, uint64_t size, const char *name, const char *category,

@@ -3,6 +3,10 @@
  * overflow policies and their counters, the acknowledged goodbye, and every way the aggregator can
  * refuse, go silent or abort. Timing checks are generous: they catch hangs, not slowness. */
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,7 +41,7 @@ typedef struct fake {
     uint32_t out_seq, next_seq;
     int seq_errors, protocol_errors, messages;
     /* HELLO */
-    int64_t hello_rank, hello_size;
+    int64_t hello_rank, hello_size, hello_start_time, hello_pid_ns;
     char client[128], reduction_t0[32];
     double welcome_flush; /* the WELCOME's flush_interval, seconds */
     /* data */
@@ -248,6 +252,8 @@ static void on_message(fake *f, size_t n, zmq_msg_t *parts) {
         f->next_seq = 1;
         get_i64(body, len, "rank", &f->hello_rank);
         get_i64(body, len, "size", &f->hello_size);
+        get_i64(body, len, "start_time", &f->hello_start_time);
+        get_i64(body, len, "pid_ns", &f->hello_pid_ns);
         get_str(body, len, "client", f->client, sizeof f->client);
         svh_mp_reader r;
         svh_mp_obj o;
@@ -452,6 +458,23 @@ static void test_basic(void) {
     CHECK(strcmp(svh_run_id(h), "fake-run-id") == 0 && strcmp(svh_run_name(h), "fake-run") == 0);
     pthread_mutex_lock(&f->mu);
     CHECK(f->hello_rank == -1 && f->hello_size == 0);
+    {   /* the HELLO says when this process started and in which pid namespace: its own /proc entries */
+        char stat_line[1024] = "";
+        FILE *fh = fopen("/proc/self/stat", "r");
+        size_t got = fh ? fread(stat_line, 1, sizeof stat_line - 1, fh) : 0;
+        if (fh) fclose(fh);
+        stat_line[got] = '\0';
+        const char *after = strrchr(stat_line, ')');
+        long long want = -1;
+        int field = 2;
+        for (const char *q = after; q && *q && field < 22; ++q)
+            if (*q == ' ' && ++field == 22) want = atoll(q + 1);
+        struct stat ns;
+        CHECK(stat("/proc/self/ns/pid", &ns) == 0);
+        CHECK_MSG(f->hello_start_time == want && want > 0, "start_time %lld, /proc says %lld",
+                  (long long)f->hello_start_time, want);
+        CHECK(f->hello_pid_ns == (int64_t)ns.st_ino);
+    }
     CHECK(strcmp(f->client, "simvue_hpc-c " SVH_VERSION) == 0);
     CHECK(strcmp(f->reduction_t0, "t0=sum") == 0);
     pthread_mutex_unlock(&f->mu);
@@ -895,6 +918,31 @@ static void test_refusals(void) {
     fake_stop(f);
 }
 
+/* SIMVUE_HPC_HIERARCHY: the node's relay instead of the aggregator, named as relay/placement.py names it */
+static void test_env_hierarchy(void) {
+    svh_options o;
+    char want[512];
+    setenv("SIMVUE_HPC_ENDPOINT", "tcp://127.0.0.1:1", 1);
+    setenv("SIMVUE_HPC_SECRET", "s", 1);
+    setenv("TMPDIR", "/tmp/svh-hier-test", 1);
+    setenv("SIMVUE_HPC_NODE", "node 7/a", 1);
+    setenv("SIMVUE_HPC_RUN_ID", "run1", 1);
+    setenv("SIMVUE_HPC_HIERARCHY", "flat", 1);
+    CHECK(svh_options_from_env(&o) == SVH_OK && strcmp(o.endpoint, "tcp://127.0.0.1:1") == 0);
+    setenv("SIMVUE_HPC_HIERARCHY", "node", 1);
+    snprintf(want, sizeof want, "ipc:///tmp/svh-hier-test/simvue_hpc-run1-node_7_a.sock");
+    CHECK_MSG(svh_options_from_env(&o) == SVH_OK && strcmp(o.endpoint, want) == 0, "%s", o.endpoint);
+    setenv("SIMVUE_HPC_HIERARCHY", "auto", 1); /* no relay socket there: the aggregator */
+    CHECK(svh_options_from_env(&o) == SVH_OK && strcmp(o.endpoint, "tcp://127.0.0.1:1") == 0);
+    setenv("SIMVUE_HPC_HIERARCHY", "tree", 1);
+    CHECK(svh_options_from_env(&o) == SVH_EINVAL && strstr(svh_last_error(), "SIMVUE_HPC_HIERARCHY") != NULL);
+    setenv("SIMVUE_HPC_HIERARCHY", "node", 1);
+    unsetenv("SIMVUE_HPC_RUN_ID");
+    CHECK(svh_options_from_env(&o) == SVH_EINVAL && strstr(svh_last_error(), "SIMVUE_HPC_RUN_ID") != NULL);
+    const char *vars[] = {"SIMVUE_HPC_HIERARCHY", "SIMVUE_HPC_NODE", "TMPDIR", "SIMVUE_HPC_ENDPOINT", "SIMVUE_HPC_SECRET"};
+    for (size_t k = 0; k < sizeof vars / sizeof *vars; ++k) unsetenv(vars[k]);
+}
+
 static void test_env_rank(void) {
     svh_options o;
     setenv("SIMVUE_HPC_ENDPOINT", "tcp://127.0.0.1:1", 1);
@@ -967,6 +1015,7 @@ int main(void) {
         {"close without ack", test_close_without_ack},
         {"refusals", test_refusals},
         {"environment", test_env_rank},
+        {"hierarchy", test_env_hierarchy},
     };
     for (size_t k = 0; k < sizeof tests / sizeof *tests; ++k) {
         int before = t_failures;

@@ -86,7 +86,7 @@ static void golden_rank_messages(void) {
     svh_buf b;
 
     svh_buf_init(&b);
-    svh_enc_hello(&b, "k3y", 0, 2, "n1", 4242, "c 1", 0, NULL);
+    svh_enc_hello(&b, "k3y", 0, 2, "n1", 4242, "c 1", 0, NULL, 0, 0);
     check_body("hello_spec", SVH_MSG_HELLO, 0, &b, NULL, 0, 0);
 
     svh_reduction *red;
@@ -97,13 +97,17 @@ static void golden_rank_messages(void) {
     CHECK(nred == 3);
     svh_buf_init(&b);
     svh_enc_hello(&b, "0123456789abcdef0123456789abcdef", -1, 0, "nœud-017.cluster", 4000000, "simvue_hpc-c 0.1.0",
-                  nred, red);
+                  nred, red, 0, 0);
     free(red);
     check_body("hello_reductions", SVH_MSG_HELLO, 0, &b, NULL, 0, 0);
 
     svh_buf_init(&b);
-    svh_enc_hello(&b, "s", 70000, 100000, "h", 128, "x", 0, NULL);
+    svh_enc_hello(&b, "s", 70000, 100000, "h", 128, "x", 0, NULL, 0, 0);
     check_body("hello_big_numbers", SVH_MSG_HELLO, 0, &b, NULL, 0, 0);
+
+    svh_buf_init(&b);
+    svh_enc_hello(&b, "s", 3, 8, "h", 77, "x", 0, NULL, 123456789, 4026531836LL);
+    check_body("hello_liveness", SVH_MSG_HELLO, 0, &b, NULL, 0, 0);
 
     {
         const char *names[] = {"loss", "acc"};

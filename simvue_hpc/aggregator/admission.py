@@ -9,12 +9,18 @@ each peer's protocol errors. Pure: the state machine performs what it decides.
 from __future__ import annotations
 
 import hmac
+import logging
+import math
 
 from ..config import HPCSettings
-from ..protocol import Hello, Reject
+from ..protocol import Hello, Message, Reject, Resources, Status
 from .actions import Action, Reply
-from .peers import LIVE, Roster
+from .peers import LIVE, Peer, Roster
 
+log = logging.getLogger(__name__)
+RUN_STATUSES = ("running", "completed", "failed", "terminated")
+MAX_HOST = 255  # characters of a host name
+MAX_RANK = 2**31 - 1
 COMPLAINT_INTERVAL = 60.0  # seconds between two reports of one peer's protocol errors
 MAX_REMEMBERED = 10_000  # unknown or complaining peers remembered at once
 
@@ -48,6 +54,11 @@ class Admission:
             out.append(Reply(identity, Reject("wrong secret for this run")))
             return None
         rank = hello.rank
+        top = MAX_RANK if self._expected is None else self._expected + self._settings.peer_margin - 1
+        if rank > top or not 0 < len(hello.host) <= MAX_HOST:
+            what = f"rank {rank} is past {top}" if rank > top else f"the host name must have 1 to {MAX_HOST} characters"
+            out.append(Reply(identity, Reject(what)))
+            return None
         existing = self._roster.by_rank.get(rank) if rank >= 0 else None
         if existing is not None and existing.identity != identity and existing.state == LIVE:
             reason = (
@@ -64,7 +75,19 @@ class Admission:
         # Past the world when there is one; from 1 in a pool (the parent is 0); from 0 under a
         # sidecar, which is no rank itself.
         floor = self._expected or (0 if self._host_rank is None else 1)
-        return max([floor - 1, *self._roster.by_rank]) + 1
+        return max(floor - 1, self._roster.top_rank) + 1
+
+    def invalid(self, msg: Message) -> str | None:
+        """What makes a well-formed message one the run cannot apply (``{}`` where the sender is named),
+        or None: a STATUS that is no run status, RESOURCES that are not finite numbers and
+        ``[index, utilisation, memory]`` triples."""
+        if isinstance(msg, Status) and msg.status not in RUN_STATUSES:
+            return f"{{}} sent STATUS {msg.status[:40]!r}, not one of {', '.join(RUN_STATUSES)}"
+        if isinstance(msg, Resources):
+            numbers = [msg.cpu_percent, msg.memory_mb, *(x for gpu in msg.gpus for x in gpu)]
+            if any(len(gpu) != 3 for gpu in msg.gpus) or not all(_finite(x) for x in numbers):
+                return "{} sent RESOURCES that are not finite numbers and [index, utilisation, memory] triples"
+        return None
 
     def stranger(self, identity: bytes, out: list[Action]) -> None:
         """A message from a peer that has not said HELLO: one REJECT tells it so."""
@@ -82,6 +105,18 @@ class Admission:
         ranks = self._expected or self._roster.live_count
         interval = ranks / self._settings.message_rate_budget
         return interval if interval > self._settings.flush_interval else 0.0
+
+    def complaint(self, identity: bytes, peer: Peer | None, text: str, now: float) -> str | None:
+        """A protocol error of ``identity`` (``peer``: its rank, None: an unknown peer): the text to
+        record for a rank, at most once per ``COMPLAINT_INTERVAL`` (None otherwise); an unknown peer's
+        is logged here, as there is no rank to record it with."""
+        more = self.report(identity, now)
+        if more is None:
+            return None
+        if peer is None:
+            log.warning("%s%s", text.replace("{}", "an unknown peer", 1), more)
+            return None
+        return text.replace("{}", f"rank {peer.rank} on {peer.host}", 1) + more
 
     def report(self, identity: bytes, now: float) -> str | None:
         """Whether to report a protocol error of ``identity`` now: None if one was reported less than
@@ -112,3 +147,7 @@ class Admission:
             self._refused_told = True
             self.notes.append(f"a rank was refused: the run accepts at most {cap} ranks (the {bound} bound)")
         return True
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e15

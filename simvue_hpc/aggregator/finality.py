@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..protocol import MetricBatch
 from ..relay.wire import PartialBatch
 from .accumulate import Partials, accumulate, merge
 from .actions import AppendMetrics
+from .output import StoredColumns
 from .peers import INT64_MAX, INT64_MIN, Roster
 from .reduce import Reduction
 
@@ -83,8 +84,7 @@ class StepFinality:
         self._by_gid: list[_Metric] = []
         self._final_step = np.full(16, INT64_MIN, dtype=np.int64)
         self._mode = np.zeros(16, dtype=np.int8)
-        self._out_ids: dict[str, int] = {}
-        self._out_names: list[str] = []
+        self._columns = StoredColumns()
         self._staged: list[tuple[np.ndarray, ...]] = []  # (gid, step, rank, time_ns, value) per batch
         self._staged_at: list[float] = []
         self._open = Partials.empty()
@@ -93,7 +93,7 @@ class StepFinality:
         self._progress: dict[int, int] = {}
         self._heap: list[tuple[int, int]] = []  # (progress, rank), stale entries removed lazily
         self._rank_metrics: dict[int, set[int]] = {}
-        self._late_groups: list[Partials] = []  # relays' rows that came after their step was stored
+        self._staged_partials: list[Partials] = []  # relays' rows, folded once per reduce
         self._names: dict[int, tuple[list[str], np.ndarray, np.ndarray, bool]] = {}  # see _names_of
 
     # ------------------------------------------------------------------------------------------ ranks
@@ -199,7 +199,7 @@ class StepFinality:
                 lut[i] = metric.gid
         for name, ranks in batch.contributors.items():
             metric = self._metrics.get(name)
-            if metric is not None and ranks > 0:
+            if metric is not None and ranks > 0 and metric.relayed.get(relay) != ranks:
                 metric.relayed[relay] = ranks
                 if relay not in metric.contributors:
                     self._contribute(metric, relay)
@@ -221,15 +221,26 @@ class StepFinality:
                 "max_metrics bound): points of further names are dropped",
                 int(rows.count[~keep].sum()),
             )
-        rows = replace(rows, key=gid, arrived=np.full(len(gid), now)).select(keep)
+        rows = replace(rows, key=gid, arrived=np.full(len(gid), now))
+        self._staged_partials.append(rows if keep.all() else rows.select(keep))  # folded once per reduce
+        return int(batch.partials.count[keep].sum())
+
+    def _fold_partials(self, out: list[AppendMetrics]) -> None:
+        """Relays' staged rows into the open groups, in one merge; rows for stored steps are late."""
+        if not self._staged_partials:
+            return
+        rows = Partials(
+            *(np.concatenate([getattr(p, f.name) for p in self._staged_partials]) for f in fields(Partials))
+        )
+        self._staged_partials = []
         late = rows.step <= self._final_step[rows.key]
         if late.any():
             self._counters["late_points"] += int(rows.count[late].sum())
-            self._late_groups.append(rows.select(late))
-        rows = rows.select(~late)
+            self._emit(_combined(rows.select(late)), [], out, late=True)
+            rows = rows.select(~late)
         reduced = self._mode[rows.key] == REDUCED
         if reduced.any():
-            self._open = merge(self._open, _sorted(rows.select(reduced)))
+            self._open = merge(self._open, _combined(rows.select(reduced)))
         if not reduced.all():  # one rank in the whole job logs it: its points, as logged (count 1 each)
             single = rows.select(~reduced)
             n = len(single)
@@ -237,15 +248,12 @@ class StepFinality:
                 single.key, single.step, np.full(n, -1, np.int64), single.time_ns, single.mean, single.arrived
             )
         self._cap_open_steps()
-        return int(batch.partials.count[keep].sum())
 
     def reduce(self, now: float, final: bool) -> list[AppendMetrics]:
         """Fold the staged points in; store the late ones and what became final (everything when ``final``)."""
         out: list[AppendMetrics] = []
-        if self._late_groups:  # relays' rows for steps already stored
-            self._emit(_sorted(merge(*self._late_groups)), [], out, late=True)
-            self._late_groups = []
         self._fold(now, out)
+        self._fold_partials(out)
         pending = set(np.unique(self._open.key).tolist()) | self._raw_gids
         if not pending:
             return out
@@ -440,13 +448,6 @@ class StepFinality:
             heapq.heappop(heap)
         return heap[0][0] if heap else INT64_MAX
 
-    def _out_id(self, name: str) -> int:
-        oid = self._out_ids.get(name)
-        if oid is None:
-            oid = self._out_ids[name] = len(self._out_names)
-            self._out_names.append(name)
-        return oid
-
     def _emit_points(
         self,
         gid: np.ndarray,
@@ -468,56 +469,21 @@ class StepFinality:
         self._emit(groups, raw, out, late)
 
     def _emit(
-        self,
-        groups: Partials,
-        raw: list[tuple[int, tuple[np.ndarray, ...]]],
-        out: list[AppendMetrics],
-        late: bool,
+        self, groups: Partials, raw: list[tuple[int, tuple[np.ndarray, ...]]], out: list[AppendMetrics], late: bool
     ) -> None:
         """Turn final groups and points into stored columns: one AppendMetrics."""
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for gid, (step, rank, t_ns, value, *_) in raw:
-            metric = self._by_gid[gid]
-            metric.emitted = True
-            if metric.reduction.per_rank:
-                ranks, inverse = np.unique(rank, return_inverse=True)
-                ids = np.array([self._out_id(f"{metric.name}/rank_{int(r)}") for r in ranks], dtype=np.int64)
-                parts.append((ids[inverse.ravel()], step, t_ns, value))
-            else:
-                parts.append((np.full(len(step), self._out_id(metric.name), np.int64), step, t_ns, value))
-        if len(groups):
-            starts = np.flatnonzero(np.r_[True, groups.key[1:] != groups.key[:-1]])
-            ends = np.r_[starts[1:], len(groups)]
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                metric = self._by_gid[int(groups.key[a])]
-                metric.emitted = True
-                reduction = Reduction() if metric.reduction.per_rank else metric.reduction
-                names = reduction.output_names(metric.name)
-                for op, name in zip(reduction.operations, names, strict=True):
-                    col = groups.column(op)[a:b]
-                    oid = np.full(b - a, self._out_id(name), np.int64)
-                    parts.append((oid, groups.step[a:b], groups.time_ns[a:b], col))
-        if not parts:
-            return
-        out_id = np.concatenate([p[0] for p in parts])
-        used, local = np.unique(out_id, return_inverse=True)
-        values = np.concatenate([p[3] for p in parts])
-        self._counters["points_stored"] += len(values)
-        out.append(
-            AppendMetrics(
-                names=[self._out_names[int(i)] for i in used],
-                name_id=local.ravel().astype(np.uint32),
-                step=np.concatenate([p[1] for p in parts]),
-                time_us=np.concatenate([p[2] for p in parts]) // 1000,
-                value=values,
-                late=late,
-            )
-        )
+        action = self._columns.build(self._by_gid, groups, raw, late)
+        if action is not None:
+            self._counters["points_stored"] += len(action.value)
+            out.append(action)
 
 
-def _sorted(rows: Partials) -> Partials:
-    """Groups (one row each) sorted by (key, step), as open groups are kept."""
-    return rows.select(np.lexsort((rows.step, rows.key)))
+def _combined(rows: Partials) -> Partials:
+    """Rows of possibly repeated groups (several relays' rows of a step) as one row per group, sorted."""
+    if len(rows) < 2:
+        return rows
+    half = len(rows) // 2
+    return merge(rows.select(np.arange(half)), rows.select(np.arange(half, len(rows))))
 
 
 def _concat(chunks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:

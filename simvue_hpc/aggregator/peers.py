@@ -46,6 +46,7 @@ class Roster:
         self.by_rank: dict[int, Peer] = {}
         self.relayed: dict[int, int] = {}  # a node relay's rank -> the ranks joined behind it
         self.live_count = 0  # kept as links come, go and change state: O(1) to read
+        self.top_rank = -1  # the largest rank ever registered
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_identity.values())
@@ -67,6 +68,7 @@ class Roster:
             gone.append(existing)
         self.by_identity[peer.identity] = peer
         self.by_rank[peer.rank] = peer
+        self.top_rank = max(self.top_rank, peer.rank)
         self.live_count += (peer.state == LIVE) - sum(p.state == LIVE for p in gone)
         return gone
 

@@ -109,14 +109,14 @@ class AggregatorState:
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
             PartialBatch: self._on_partials,
-            Resources: self._on_resources,
+            Resources: lambda peer, msg, now, out: self._resources.observe(peer.identity, msg, now),
             Event: self._on_event,
             Heartbeat: self._on_heartbeat,
             Goodbye: self._on_goodbye,
             FileOffer: lambda peer, msg, now, out: self._files.offer(peer.identity, peer.rank, peer.host, msg, out),
             FileChunk: lambda peer, msg, now, out: self._files.chunk(peer.identity, msg, out),
             RunUpdate: self._on_run_update,
-            FolderDetails: self._on_folder,
+            FolderDetails: lambda peer, msg, now, out: out.append(Append(RecordType.FOLDER, msg.body())),
             AlertDefinition: self._on_alert_definition,
             AlertState: self._on_alert_state,
             Status: self._on_status,
@@ -147,9 +147,12 @@ class AggregatorState:
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
             self._live_changed(peer)
         handler = self._handlers.get(type(msg))
-        if handler is None:
+        problem = (
+            self._admission.invalid(msg) if handler else f"{{}} sent {type(msg).__name__}, which ranks do not send"
+        )
+        if handler is None or problem:
             self.counters["protocol_errors"] += 1
-            self._complain(identity, peer, f"{{}} sent {type(msg).__name__}, which ranks do not send", now, out)
+            self._complain(identity, peer, problem or "", now, out)
         else:
             handler(peer, msg, now, out)
             self._notes(out)
@@ -334,9 +337,6 @@ class AggregatorState:
         peer.received_points += n
         self.counters["points_received"] += n
 
-    def _on_resources(self, peer: Peer, msg: Resources, now: float, out: list[Action]) -> None:
-        self._resources.observe(peer.identity, msg, now)
-
     def _on_event(self, peer: Peer, msg: Event, now: float, out: list[Action]) -> None:
         self.counters["events"] += 1
         time_us = msg.time_ns // 1000
@@ -382,9 +382,6 @@ class AggregatorState:
         if update:
             out.append(Append(RecordType.RUN_UPDATE, update))
 
-    def _on_folder(self, peer: Peer, msg: FolderDetails, now: float, out: list[Action]) -> None:
-        out.append(Append(RecordType.FOLDER, msg.body()))
-
     def _on_alert_definition(self, peer: Peer, msg: AlertDefinition, now: float, out: list[Action]) -> None:
         try:
             new = self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
@@ -412,15 +409,11 @@ class AggregatorState:
         return peer.host if peer is not None and peer.state == LIVE else None
 
     def _complain(self, identity: bytes, peer: Peer | None, text: str, now: float, out: list[Action]) -> None:
-        """A peer's protocol error, logged (and for a rank, recorded as an event) at most once a minute;
-        ``text`` has ``{}`` where the peer is named."""
-        more = self._admission.report(identity, now)
-        if more is None:
-            return
-        if peer is None:
-            log.warning("%s%s", text.format("an unknown peer"), more)
-        else:
-            self._event(text.format(f"rank {peer.rank} on {peer.host}") + more, "warning", out)
+        """A peer's protocol error, reported at most once a minute (a rank's as an event); ``text`` has
+        ``{}`` where the peer is named."""
+        said = self._admission.complaint(identity, peer, text, now)
+        if said is not None:
+            self._event(said, "warning", out)
 
     def _notes(self, out: list[Action]) -> None:
         """Bounds passed for the first time, recorded as warning events."""
@@ -443,7 +436,9 @@ class AggregatorState:
     def _lose(self, peer: Peer, why: str, out: list[Action]) -> None:
         self._roster.set_state(peer, LOST)
         self._record_rank(peer, "lost", out)
-        self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
+        behind = self._roster.relayed.get(peer.rank)
+        whose = f" (the node relay of {behind} rank(s): they are lost with it)" if behind else ""
+        self._event(f"rank {peer.rank} on {peer.host} lost{whose}: {why}", "warning", out)
         self._files.forget(peer.identity, out)
         self._live_changed(peer)
 
@@ -475,12 +470,7 @@ class AggregatorState:
         """An alert changed state: an event and an ALERT_STATE record; an abort if it asks for one."""
         level = "warning" if transition.status == "critical" else "info"
         self._event(transition.message, level, out)
-        payload = {
-            "name": transition.name,
-            "status": transition.status,
-            "time_us": transition.time_us,
-            "message": transition.message,
-        }
+        payload = {key: getattr(transition, key) for key in ("name", "status", "time_us", "message")}
         out.append(Append(RecordType.ALERT_STATE, payload))
         if transition.abort:
             out += self.abort(f"alert '{transition.name}' is critical")

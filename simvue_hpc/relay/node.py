@@ -44,6 +44,7 @@ from ..protocol import (
     Hello,
     Message,
     MetricBatch,
+    Notice,
     Reject,
     Resources,
     RunUpdate,
@@ -68,6 +69,7 @@ class _Local:
     pid: int
     last_seen: float
     live: bool = True
+    closed: bool = False  # said goodbye: never live again on this link
     progress: int = INT64_MIN  # the largest step sent; INT64_MIN: nothing logged yet
     received_points: int = 0
 
@@ -112,9 +114,11 @@ class RelayCore:
             if msg.status != "need":
                 self._files.pop(msg.sha256, None)
             return [(identity, msg) for identity in waiting[: 1 if msg.status == "need" else None]]
-        if isinstance(msg, Reject):
+        if isinstance(msg, Reject):  # the run is closed (or refused this relay): its ranks are told so
             self.ended = True
-        return [(p.identity, msg) for p in self._locals.values() if p.live] if not isinstance(msg, GoodbyeAck) else []
+        if isinstance(msg, (Notice, Reject)):
+            return [(p.identity, msg) for p in self._locals.values() if p.live]
+        return []  # the acknowledgement of the relay's own goodbye, or anything meant for the relay alone
 
     # -------------------------------------------------------------------------------------- local ranks
     def handle(self, identity: bytes, msg: Message, now: float) -> Out:
@@ -125,12 +129,12 @@ class RelayCore:
         if peer is None:
             return [(identity, Reject("send HELLO first"))]
         peer.last_seen = now
-        if not peer.live:  # back after being reported lost
+        if not peer.live and not peer.closed:  # back after being reported lost
             peer.live = True
         if isinstance(msg, MetricBatch):
             return self._metrics(peer, msg)
         if isinstance(msg, Goodbye):
-            peer.live = False  # closed: it no longer holds ``through`` back
+            peer.live, peer.closed = False, True  # closed: it no longer holds ``through`` back
             out = self.flush()
             if msg.sent_points != peer.received_points:
                 out.append(

@@ -108,6 +108,7 @@ CASES: list[tuple[str, int, Message]] = [
         ),
     ),
     ("hello_big_numbers", 0, Hello("s", 70_000, 100_000, "h", 128, "x")),
+    ("hello_liveness", 0, Hello("s", 3, 8, "h", 77, "x", start_time=123_456_789, pid_ns=4_026_531_836)),
     ("metrics_spec", 1, metrics(["loss", "acc"], [0, 1], [3, 3], [T, T], [0.5, 0.75])),
     (
         "metrics_special",

@@ -94,3 +94,62 @@ def test_mpi_run_is_uploaded_with_its_reductions(simvue_online: Any, store: Path
         assert on_server[name] == pytest.approx(series(view, name)), name
     assert sorted(a["name"] for a in simvue_online.db.artifacts(doc["id"])) == ["heat_4.npy", "heat_mpi.py"]
     assert not simvue_online.log.duplicates("/metrics")
+
+
+def test_mpi_python_ranks_through_a_node_relay(store: Path, tmp_path: Path) -> None:
+    """Under the sidecar with SIMVUE_HPC_HIERARCHY=node, Python MPI ranks attach to their node's relay
+    (benchmarks/scale_job.sh starts it): the store holds the flat job's reductions, events and files."""
+    assert MPIEXEC, "mpiexec not found: install the mpi extra (`pip install -e .[mpi]`)"
+    raw, n = tmp_path / "raw", 4
+    job = Path(__file__).resolve().parents[2] / "benchmarks" / "scale_job.sh"
+    cli = [sys.executable, "-c", "import sys; from simvue_hpc.cli import main; sys.exit(main())"]
+    cmd = [
+        *cli,
+        "run",
+        "--ranks",
+        str(n),
+        "--name",
+        "heat-1d",
+        "--",
+        str(job),
+        "1",
+        str(n),
+        MPIEXEC,
+        "-n",
+        str(n),
+        sys.executable,
+        str(EXAMPLE),
+        "--steps",
+        "30",
+        "--cells",
+        "100",
+        "--raw",
+        str(raw),
+    ]
+    env = {**os.environ, "SIMVUE_HPC_NODE": "node0", "PYTHON": sys.executable}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    per_rank = [[tuple(p) for p in json.loads((raw / f"rank_{r}.json").read_text())] for r in range(n)]
+    view = only_run(store)
+    assert view.status == "completed"
+    assert_store_matches(view, expected(per_rank))  # type: ignore[arg-type]
+    messages = [e["message"] for e in view.events]
+    assert sorted(m for m in messages if "finished" in m) == sorted(f"rank {r} finished 30 steps" for r in range(n))
+    assert sorted((f["name"], f["category"]) for f in view.files) == [("heat_4.npy", "output"), ("heat_mpi.py", "code")]
+    assert view.end is not None and view.end["missing_ranks"] == [] and view.end["counters"]["late_points"] == 0
+
+
+def test_mpi_node_relay_started_by_the_first_rank_of_the_node(store: Path, tmp_path: Path) -> None:
+    """SIMVUE_HPC_HIERARCHY=node under mpiexec: the node's first rank after rank 0 starts its relay,
+    the node's other ranks connect to it; the stored run is the flat one's."""
+    raw, n = tmp_path / "raw", 4
+    mpirun(n, "--steps", "30", "--cells", "100", "--raw", str(raw), cwd=tmp_path, env={"SIMVUE_HPC_HIERARCHY": "node"})
+    per_rank = [[tuple(p) for p in json.loads((raw / f"rank_{r}.json").read_text())] for r in range(n)]
+    view = only_run(store)
+    assert view.status == "completed"
+    assert_store_matches(view, expected(per_rank))  # type: ignore[arg-type]
+    assert sorted(view.ranks) == [0, n]  # rank 0 itself, and the relay of ranks 1..3 (given the next rank)
+    assert all(v["state"] == "closed" for v in view.ranks.values())
+    assert sorted(e["message"] for e in view.events) == sorted(f"rank {r} finished 30 steps" for r in range(n))
+    assert sorted((f["name"], f["category"]) for f in view.files) == [("heat_4.npy", "output"), ("heat_mpi.py", "code")]
+    assert view.end is not None and view.end["missing_ranks"] == [] and view.end["counters"]["late_points"] == 0

@@ -109,6 +109,8 @@ def test_files_go_up_and_replies_come_back_to_the_waiting_rank() -> None:
     assert core.from_aggregator(FileReply(SHA, "stored")) == [(b"a", FileReply(SHA, "stored"))]
     assert core.from_aggregator(FileReply(SHA, "stored")) == []
     assert core.from_aggregator(Notice("abort", "stop")) == [(b"a", Notice("abort", "stop"))]
+    assert core.from_aggregator(GoodbyeAck(5)) == [] and core.from_aggregator(Welcome(1, "r", "r")) == []
+    assert core.from_aggregator(Reject("the run is closed")) == [(b"a", Reject("the run is closed"))] and core.ended
     assert core.handle(b"zz", _batch("x", [0], [1.0]), 0.2) == [(b"zz", Reject("send HELLO first"))]
 
 

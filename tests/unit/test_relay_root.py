@@ -155,3 +155,14 @@ def test_partials_before_their_step_is_complete_wait_for_the_relays_through() ->
     values = {(a.names[n], s): v for a in stored for n, s, v in zip(a.name_id, a.step, a.value, strict=True)}
     assert values[("a.sum", 0)] == 6.0 and values[("a.count", 0)] == 2.0
     assert ("a.sum", 1) not in values  # relay 1 has not passed step 1 yet
+
+
+def test_a_lost_relay_is_reported_with_the_ranks_behind_it() -> None:
+    state, out = _state(), []
+    _hello(state, b"relay0", 1000, out, 0.0)
+    acc = accumulate(np.zeros(1, np.int64), np.array([0]), np.zeros(1, np.int64), np.array([1.0]))
+    out += state.handle(b"relay0", 1, PartialBatch(NAMES, 0, {"a": 4}, acc, 4), 1.0)
+    events = [
+        a.payload["message"] for a in state.tick(1000.0) if getattr(a, "payload", None) and "message" in a.payload
+    ]
+    assert any("the node relay of 4 rank(s)" in e and "lost" in e for e in events), events

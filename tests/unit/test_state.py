@@ -1251,7 +1251,7 @@ def over_bounds_events(h: Harness) -> list[str]:
 def test_protocol_errors_are_logged_once_per_peer_per_minute(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness()
     joined(h, 0)
-    with caplog.at_level(logging.WARNING, logger="simvue_hpc.aggregator.state"):
+    with caplog.at_level(logging.WARNING, logger="simvue_hpc.aggregator"):
         for _ in range(1000):
             h.actions += h.state.protocol_error(ident(0), "truncated header", h.now)
             h.actions += h.state.protocol_error(b"stranger", "bad magic", h.now)
@@ -1354,3 +1354,62 @@ def test_stop_tells_every_rank_and_fails_the_run() -> None:
     assert finishes(out) == ["failed"]
     (end,) = records(out, RecordType.END)
     assert end["counters"]["points_after_stop"] == 2
+
+
+def test_memory_follows_what_is_open_not_the_length_of_the_run() -> None:
+    """Two ranks, 10 metrics, 6,000 steps: what the state holds after 6,000 steps is what it held after
+    1,000 (closed steps are released at once); the stored actions are dropped as the loop drops them."""
+    import gc
+    import tracemalloc
+
+    state = AggregatorState(AggregatorConfig("r", "r", SECRET, expected_ranks=2, host_rank=None), 0.0)
+    for r in (0, 1):
+        state.handle(ident(r), 0, Hello(SECRET, r, 2, "node", r, "t"), 0.0)
+    names = [f"m{k}" for k in range(10)]
+    now = 0.0
+    held = []
+    tracemalloc.start()
+    try:
+        for step in range(6_000):
+            for r in (0, 1):
+                n = len(names)
+                batch = MetricBatch(
+                    names, np.arange(n, dtype=np.uint32), np.full(n, step), np.full(n, step), np.full(n, 1.0 * r)
+                )
+                state.handle(ident(r), step + 1, batch, now)
+            now += 0.01
+            if step % 10 == 9:
+                state.tick(now)
+            if step in (999, 5_999):
+                gc.collect()
+                held.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert held[1] - held[0] < 64 * 1024, held  # 100,000 more points went through
+    assert state.counters["points_stored"] > 3 * 5_990 * 10
+
+
+def test_well_formed_but_impossible_messages_are_refused_and_counted() -> None:
+    h = Harness(expected_ranks=2, system_metrics_interval=1.0)
+    joined(h, 0, 1)
+    h.send(ident(0), Resources(1, 50.0, 100.0, [[1.0] * 100]))  # not [index, utilisation, memory]
+    h.send(ident(1), Resources(1, float("nan"), 100.0))
+    h.send(ident(0), Status("bogus", "r"))
+    h.send(ident(0), Status("{0} {x}", "braces"))
+    out = h.tick(1.0)  # the roll-up ignores what was refused
+    assert not [a for a in out if isinstance(a, AppendMetrics) and a.names[0].startswith("resources/")]
+    assert records(h.actions, RecordType.STATUS) == []
+    assert h.state.counters["protocol_errors"] == 4
+    for r in (0, 1):
+        h.goodbye(r)
+    assert finishes(h.tick()) == ["completed"]
+
+
+def test_hello_with_an_impossible_rank_or_host_is_rejected() -> None:
+    h = Harness(expected_ranks=4, peer_margin=2)
+    for kw in ({"rank": 2**62}, {"rank": 6}):
+        (msg,) = replies(h.send(b"odd", Hello(SECRET, size=4, host="n", pid=1, client="t", **kw)))  # type: ignore[arg-type]
+        assert isinstance(msg, Reject) and "rank" in msg.reason
+    (msg,) = replies(h.send(b"long", Hello(SECRET, 1, 4, "h" * 300, 1, "t")))
+    assert isinstance(msg, Reject) and "host" in msg.reason
+    assert replies(h.hello(5), 5) == [Welcome(5, "run-1", "the-run")]  # within the margin
