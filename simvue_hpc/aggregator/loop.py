@@ -33,6 +33,7 @@ from ..errors import ProtocolError, StoreError, StoreFull, TransportError
 from ..protocol import GoodbyeAck, Reject, decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
+from . import restart
 from .actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
 from .reduce import parse_reductions
 from .state import AggregatorConfig, AggregatorState
@@ -431,6 +432,7 @@ class ProcessHost:
         self.endpoint: str = answer["endpoint"]
         self.uploaded: bool | None = None
         self._run_id = spec.run_id
+        self._root = spec.root
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -441,7 +443,7 @@ class ProcessHost:
         with contextlib.suppress(OSError):
             self._stdin.close()  # the host is done: the child closes once the other ranks have
         answer = _read_line(self._proc.stdout, timeout)
-        if answer is None:
+        if answer is None and self._proc.poll() is None:
             log.warning("the aggregator did not finish within %.0f s; asking it to stop now", timeout)
             self._proc.send_signal(signal.SIGUSR1)
             answer = _read_line(self._proc.stdout, 10)
@@ -454,7 +456,26 @@ class ProcessHost:
             transport.remove_ipc_file(self._run_id)  # left behind if the child was killed
         if answer:
             self.uploaded = answer.get("uploaded")
-        return answer.get("status") if answer else None
+            return answer.get("status")
+        return self._died(self._proc.returncode)
+
+    def _died(self, returncode: int | None) -> str | None:
+        """The child ended without saying how the run ended: it died. The run is marked failed in the
+        store with the reason (never left running); returns the status recorded (None if it could not be)."""
+        reason = f"the aggregator process died ({exit_reason(returncode)}) and was not restarted"
+        log.error("run %s: %s", self._run_id, reason)
+        return "failed" if restart.record_lost(self._root, self._run_id, reason) else None
+
+
+def exit_reason(returncode: int | None) -> str:
+    """How a child process ended, in words."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
