@@ -10,8 +10,13 @@ the run is marked ``failed`` with the reason, never left ``running``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +67,13 @@ def read_progress(run_dir: Path) -> StoredProgress:
     return out
 
 
+def endpoint_port(endpoint: str) -> int:
+    """The tcp port of ``endpoint`` (0 for ipc, whose path follows from the run's id)."""
+    if not endpoint.startswith("tcp://"):
+        return 0
+    return int(endpoint.rsplit(":", 1)[1])
+
+
 def record_lost(root: str | Path, run_id: str, reason: str) -> bool:
     """The run's aggregator died and none took over: append ``failed`` (with ``reason``) and an END to
     its log, unless it already ended. Returns whether the run is now ended in the store."""
@@ -85,3 +97,61 @@ def record_lost(root: str | Path, run_id: str, reason: str) -> bool:
     finally:
         writer.close()
     return True
+
+
+class Restarter:
+    """Watches a host's aggregator child and, when it dies, has the host start another (``take_over``),
+    at most ``restarts`` times; stopped (:meth:`stop`) when the host ends the run, after which a death is
+    the host's to record (:func:`record_lost`)."""
+
+    def __init__(
+        self, child: Callable[[], subprocess.Popen[bytes]], take_over: Callable[[], None], restarts: int, run_id: str
+    ) -> None:
+        self._child = child
+        self._take_over = take_over
+        self._left = restarts
+        self._run_id = run_id
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.restarted = 0
+        self._thread = threading.Thread(target=self._watch, name="simvue_hpc-aggregator-watch", daemon=True)
+        if restarts > 0:
+            self._thread.start()
+
+    def may_restart(self) -> bool:
+        """Whether a dead child would still be replaced."""
+        return not self._stopped and self._left > 0
+
+    def stop(self) -> None:
+        """The host is ending the run; waits for a take-over in progress to finish."""
+        with self._lock:
+            self._stopped = True
+
+    def _watch(self) -> None:
+        while True:
+            proc = self._child()
+            code = proc.wait()
+            with self._lock:
+                if self._stopped or self._left <= 0:
+                    return
+                self._left -= 1
+                why = exit_reason(code)
+                log.warning("run %s: the aggregator process died (%s); starting another", self._run_id, why)
+                try:
+                    self._take_over()
+                except Exception as exc:
+                    self._left = 0
+                    log.error("run %s: no aggregator could take over: %s", self._run_id, exc)
+                    return
+                self.restarted += 1
+
+
+def exit_reason(returncode: int | None) -> str:
+    """How a child process ended, in words."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"

@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simvue_hpc import Simvue
@@ -79,3 +80,63 @@ def test_a_killed_aggregator_not_restarted_fails_the_run_with_the_reason(
     assert "killed by SIGKILL" in view.end["reason"]
     assert "did not finish within" not in caplog.text
     assert "killed by SIGKILL" in caplog.text
+
+
+STEPS = 400
+RANK_LOGGING = textwrap.dedent(
+    """
+    import sys, time
+    import simvue_hpc
+    run = simvue_hpc.attach(reductions={"x": ["sum", "count"], "y": "per_rank"})
+    for step in range(int(sys.argv[1])):
+        run.log({"x": float(step), "y": float(step)}, step=step)
+        time.sleep(0.01)
+    print("acknowledged" if run.close() else "not acknowledged", flush=True)
+    """
+)
+
+
+def test_a_killed_aggregator_is_restarted_and_the_run_keeps_every_point_once(store: Path) -> None:
+    """SIGKILL of the aggregator mid-run with four ranks: the host starts another on the same endpoint,
+    the ranks resume and resend what was not acknowledged; the run completes with every (metric, step)
+    stored once, reduced over all four ranks (no duplicate, no partial or late reduction)."""
+    run = Simvue(reductions={"x": ["sum", "count"], "y": "per_rank"})
+    run.init(name="restarted")
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", RANK_LOGGING, str(STEPS)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    try:
+        wait_until(lambda: len(only_run(store).ranks) == 4, 60, what="the other ranks to join")
+        first = aggregator_pid()
+        for step in range(STEPS):
+            run.log({"x": float(step), "y": float(step)}, step=step)
+            time.sleep(0.01)
+            if step == STEPS // 3:
+                os.kill(first, signal.SIGKILL)
+        outs = [p.communicate(timeout=120)[0] for p in ranks]
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert run.close()
+    assert all(out.strip() == "acknowledged" for out in outs), outs
+    assert run.status == "completed"
+    view = only_run(store)
+    assert view.status == "completed", view.events
+    steps = np.arange(STEPS)
+    for name, expected in (("x", 4.0 * steps), ("x.count", np.full(STEPS, 4.0))):
+        series = view.metrics[name]
+        order = np.argsort(series.step, kind="stable")
+        assert series.late == 0
+        np.testing.assert_array_equal(series.step[order], steps)  # every step once
+        np.testing.assert_array_equal(series.value[order], expected)  # reduced over all four ranks
+    per_rank = sorted(n for n in view.metrics if n.startswith("y/rank_"))
+    assert len(per_rank) == 4
+    for name in per_rank:
+        series = view.metrics[name]
+        np.testing.assert_array_equal(np.sort(series.step), steps)
+    messages = [e["message"] for e in view.events]
+    assert any(m.startswith("the aggregator restarted") for m in messages)
+    assert all(r["state"] == "closed" for r in view.ranks.values()), view.ranks
