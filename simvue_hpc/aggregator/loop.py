@@ -489,7 +489,7 @@ class ProcessHost:
         store with the reason (never left running); returns the status recorded (None if it could not be)."""
         reason = f"the aggregator process died ({restart.exit_reason(returncode)}) and was not restarted"
         log.error("run %s: %s", self._run_id, reason)
-        return "failed" if restart.record_lost(self._root, self._run_id, reason) else None
+        return restart.record_lost(self._root, self._run_id, reason)
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ class StoredProgress:
 
     final_steps: dict[str, int] = field(default_factory=dict)  # stored name -> largest non-late step
     rank_states: dict[int, str] = field(default_factory=dict)  # rank -> its last RANK record's state
-    ended: bool = False
+    ended: str | None = None  # the status of the run's END, once it has one
     restarts: int = 0  # how many times an aggregator took this run over already
 
 
@@ -61,7 +61,7 @@ def read_progress(run_dir: Path) -> StoredProgress:
         elif rec.type == RecordType.RANK and isinstance(p.get("rank"), int):
             out.rank_states[p["rank"]] = str(p.get("state"))
         elif rec.type == RecordType.END:
-            out.ended = True
+            out.ended = str(p.get("status", "failed"))
         elif rec.type == RecordType.EVENT and str(p.get("message", "")).startswith(RESTART_EVENT):
             out.restarts += 1
     return out
@@ -74,17 +74,19 @@ def endpoint_port(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
-def record_lost(root: str | Path, run_id: str, reason: str) -> bool:
+def record_lost(root: str | Path, run_id: str, reason: str) -> str | None:
     """The run's aggregator died and none took over: append ``failed`` (with ``reason``) and an END to
-    its log, unless it already ended. Returns whether the run is now ended in the store."""
+    its log, unless it already ended. Returns the run's final status in the store (None if it could not
+    be written)."""
     try:
         writer = RunWriter.reopen(root, run_id)
     except StoreError as exc:
         log.error("run %s: could not record that its aggregator died (%s): %s", run_id, reason, exc)
-        return False
+        return None
     try:
-        if read_progress(writer.run_dir).ended:
-            return True
+        ended = read_progress(writer.run_dir).ended
+        if ended is not None:
+            return ended
         now_us = time.time_ns() // 1000
         writer.append(RecordType.STATUS, {"status": "failed", "time_us": now_us, "rank": None, "reason": reason})
         end = {"status": "failed", "time_us": now_us, "missing_ranks": [], "lost_ranks": [], "reason": reason}
@@ -93,10 +95,10 @@ def record_lost(root: str | Path, run_id: str, reason: str) -> bool:
         writer.sync()
     except (StoreError, OSError) as exc:
         log.error("run %s: could not record that its aggregator died (%s): %s", run_id, reason, exc)
-        return False
+        return None
     finally:
         writer.close()
-    return True
+    return "failed"
 
 
 class Restarter:

@@ -140,3 +140,46 @@ def test_a_killed_aggregator_is_restarted_and_the_run_keeps_every_point_once(sto
     messages = [e["message"] for e in view.events]
     assert any(m.startswith("the aggregator restarted") for m in messages)
     assert all(r["state"] == "closed" for r in view.ranks.values()), view.ranks
+
+
+MPI_RANKS = textwrap.dedent(
+    """
+    import os, sys, time
+    import psutil
+    from mpi4py import MPI
+    from simvue_hpc import Simvue
+    comm = MPI.COMM_WORLD
+    run = Simvue(reductions={"x": ["sum", "count"]})
+    run.init(name="mpi-restarted")
+    steps = int(sys.argv[1])
+    for step in range(steps):
+        run.log({"x": float(step * (comm.rank + 1))}, step=step)
+        time.sleep(0.01)
+        if comm.rank == 0 and step == steps // 3:
+            (agg,) = [p for p in psutil.Process().children() if "simvue_hpc.aggregator" in " ".join(p.cmdline())]
+            agg.kill()
+    run.close()
+    """
+)
+
+
+@pytest.mark.mpi
+def test_a_killed_aggregator_is_restarted_under_mpiexec(store: Path, tmp_path: Path) -> None:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    script = tmp_path / "mpi_restart.py"
+    script.write_text(MPI_RANKS)
+    proc = subprocess.run(
+        [str(mpiexec), "-n", "4", sys.executable, str(script), str(STEPS)], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr
+    view = only_run(store)
+    assert view.status == "completed", view.events
+    steps = np.arange(STEPS)
+    for name, expected in (("x", 10.0 * steps), ("x.count", np.full(STEPS, 4.0))):
+        series = view.metrics[name]
+        order = np.argsort(series.step, kind="stable")
+        assert series.late == 0
+        np.testing.assert_array_equal(series.step[order], steps)
+        np.testing.assert_array_equal(series.value[order], expected)
+    assert any(e["message"].startswith("the aggregator restarted") for e in view.events)
+    assert sorted(view.ranks) == [0, 1, 2, 3] and all(r["state"] == "closed" for r in view.ranks.values())
