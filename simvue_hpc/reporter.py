@@ -106,7 +106,6 @@ class Reporter:
         # What was sent and not yet acknowledged as stored, for an aggregator that restarts (a node
         # relay's ranks do without: their relay is on their node).
         self._resend = None if is_relay_endpoint(endpoint) else ResendBuffer(settings.resend_buffer_points)
-        self._resend_told = False
         self._relinked = False  # set when a resumed link is welcomed
         self._monitor: Any = None
         self._grace = RECONNECT_GRACE + (RESTART_GRACE if self._resend and settings.aggregator_restarts else 0.0)
@@ -421,16 +420,10 @@ class Reporter:
     def _enqueue(self, message: Message, points: int, is_chunk: bool, resent: int = 0) -> None:
         """Queue ``message`` for ZeroMQ (``points`` new points; ``resent`` points sent before)."""
         if self._resend is not None and resendable(message):
-            self._resend.add(self._seq, message, points or resent)
-            if self._resend.overflowed and not self._resend_told:
-                self._resend_told = True
-                text = (
-                    f"rank {self.rank}: more than {self._resend.max_points} point(s) sent and not yet "
-                    "acknowledged as stored (resend_buffer_points): the oldest are no longer kept for "
-                    "resending, and a restart of the aggregator may lose them"
-                )
-                log.warning("%s", text)
-                self._controls.append((Event(text, time.time_ns(), "warning"), False))
+            notice = self._resend.add(self._seq, message, points or resent)
+            if notice:  # the bound was passed: said once, in the log and the run's events
+                log.warning("rank %d: %s", self.rank, notice)
+                self._controls.append((Event(f"rank {self.rank}: {notice}", time.time_ns(), "warning"), False))
         self._queue.append((encode(message, self._seq), points, is_chunk))
         self._seq = (self._seq + 1) & 0xFFFFFFFF
 
@@ -460,9 +453,7 @@ class Reporter:
         for sha, wait in self._file_waits.items():  # the new aggregator knows nothing of a transfer
             wait.replies.append(FileReply(sha, "error", "the aggregator restarted during the transfer"))
             wait.event.set()
-        log.warning(
-            "rank %d: the connection to the aggregator dropped; resuming with %d message(s)", self.rank, len(held)
-        )
+        log.warning("rank %d: the link to the aggregator dropped; resending %d message(s)", self.rank, len(held))
 
     def _pump(self) -> None:
         """Hand the queue to ZeroMQ until it would block."""

@@ -52,8 +52,9 @@ class ResendBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, seq: int, message: Message, points: int) -> None:
-        """Message ``seq`` was queued for the aggregator."""
+    def add(self, seq: int, message: Message, points: int) -> str | None:
+        """Message ``seq`` was queued for the aggregator. Returns, the first time the bound is passed,
+        what to report (logged and recorded by the caller)."""
         self._items.append((seq, message, points))
         self._cost += max(points, 1)
         self.points += points
@@ -63,7 +64,14 @@ class ResendBuffer:
             self.points -= old
             self.forgotten_points += old
             self.forgotten_messages += 1
-            self.overflowed = True
+            if not self.overflowed:
+                self.overflowed = True
+                return (
+                    f"more than {self.max_points} point(s) sent and not yet acknowledged as stored "
+                    "(resend_buffer_points): the oldest are no longer kept for resending, and a restart "
+                    "of the aggregator may lose them"
+                )
+        return None
 
     def ack(self, seq: int) -> int:
         """The aggregator stored every message up to ``seq``: forget them; returns their points."""

@@ -57,9 +57,9 @@ def test_the_buffer_acks_across_the_sequence_wrap() -> None:
 
 def test_passing_the_bound_forgets_the_oldest_and_counts_them() -> None:
     buf = ResendBuffer(25)
-    for seq in range(1, 5):
-        buf.add(seq, batch([("x", seq, 1.0)]), 10)
-    assert buf.overflowed
+    notices = [buf.add(seq, batch([("x", seq, 1.0)]), 10) for seq in range(1, 5)]
+    assert notices[:2] == [None, None] and notices[3] is None  # reported once, when first passed
+    assert notices[2] is not None and "resend_buffer_points" in notices[2]
     assert buf.forgotten_points == 20 and buf.forgotten_messages == 2 and buf.points == 20
     events = ResendBuffer(3)
     for seq in range(5):
