@@ -12,6 +12,7 @@
  * bound is on buffered + queued points. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <limits.h>
 #include <pthread.h>
@@ -1248,9 +1249,15 @@ int svh_log_many(svh_client *c, size_t n, const char **names, const double *valu
                                  "( ) %%",
                                  names[k]);
     }
+    if (step == INT64_MAX) /* the aggregator's marker for "every step" */
+        return svh_set_error(SVH_EINVAL, "step must be at most %" PRId64 " (int64), got %" PRId64, INT64_MAX - 1, step);
     int64_t t = svh_time_ns();
     int wake = 0;
     pthread_mutex_lock(&c->mu);
+    if (step < 0 && c->next_step == INT64_MAX) {
+        pthread_mutex_unlock(&c->mu);
+        return svh_set_error(SVH_EINVAL, "the default step would pass the largest int64 step %" PRId64, INT64_MAX - 1);
+    }
     if (c->closing) {
         pthread_mutex_unlock(&c->mu);
         return svh_set_error(SVH_ECLOSED, "this run is closed");
