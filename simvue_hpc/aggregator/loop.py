@@ -387,8 +387,10 @@ class ThreadHost:
     def _main(self) -> None:
         try:
             self._service.run(stop=self._stop)
-        except Exception:
+        except Exception as exc:
             log.exception("the simvue_hpc aggregator failed")
+            spec = self._service.spec  # the floor: the run is failed in the store, never left running
+            restart.record_lost(spec.root, spec.run_id, f"the aggregator thread failed: {exc!r}")
 
     def alive(self) -> bool:
         return self._thread.is_alive()

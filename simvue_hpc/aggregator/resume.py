@@ -28,7 +28,8 @@ from .peers import INT64_MAX, INT64_MIN
 from .reduce import Reduction
 
 SEQ_MASK = 0xFFFFFFFF
-ACK_INTERVAL = 0.5  # seconds between two ACKs of one link (sent only when it moved)
+ACK_INTERVAL = 0.5  # seconds between two ACKs of one link (sent only when it moved) ...
+ACKS_PER_SECOND = 2000.0  # ... or longer with many links: the ACKs of all links stay within this rate
 
 
 @dataclass
@@ -69,7 +70,7 @@ class AckTracker:
         moved. ``final_step(name)`` is the largest step of a metric stored as final."""
         if now < self._due:
             return []
-        self._due = now + self._interval
+        self._due = now + max(self._interval, len(self._links) / ACKS_PER_SECOND)
         out: list[tuple[bytes, int]] = []
         for identity, link in self._links.items():
             while link.pending and all(final_step(n) >= top for n, top in link.pending[0][1].items()):
