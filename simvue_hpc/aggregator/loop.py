@@ -115,6 +115,8 @@ class AggregatorService:
             if spec.resume:
                 self._store = RunWriter.reopen(Path(spec.root), spec.run_id)
                 self._progress = restart.read_progress(self._store.run_dir)
+                if self._progress.ended is not None:
+                    raise StoreError(f"run {spec.run_id} has ended ({self._progress.ended}): nothing to take over")
             else:
                 self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
                 self._store.append(RecordType.RUN, dict(self.spec.run))

@@ -121,8 +121,8 @@ class Restarter:
             self._thread.start()
 
     def may_restart(self) -> bool:
-        """Whether a dead child would still be replaced."""
-        return not self._stopped and self._left > 0
+        """Whether a dead child would still be replaced (not one that ended the run: exit status 0)."""
+        return not self._stopped and self._left > 0 and self._child().returncode != 0
 
     def stop(self) -> None:
         """The host is ending the run; waits for a take-over in progress to finish."""
@@ -134,8 +134,8 @@ class Restarter:
             proc = self._child()
             code = proc.wait()
             with self._lock:
-                if self._stopped or self._left <= 0:
-                    return
+                if self._stopped or self._left <= 0 or code == 0:
+                    return  # exit status 0: the child ended the run itself (SIGTERM, the host gone)
                 self._left -= 1
                 why = exit_reason(code)
                 log.warning("run %s: the aggregator process died (%s); starting another", self._run_id, why)

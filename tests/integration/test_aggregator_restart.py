@@ -190,3 +190,27 @@ def test_a_killed_aggregator_is_restarted_under_mpiexec(store: Path, tmp_path: P
         np.testing.assert_array_equal(series.value[order], expected)
     assert any(e["message"].startswith("the aggregator restarted") for e in view.events)
     assert sorted(view.ranks) == [0, 1, 2, 3] and all(r["state"] == "closed" for r in view.ranks.values())
+
+
+def test_an_aggregator_that_ended_the_run_itself_is_not_restarted(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM (scancel) makes the aggregator end the run as terminated and exit 0: that is no death,
+    and a new aggregator must not reopen the ended run."""
+    caplog.set_level(logging.WARNING)
+    run = Simvue(terminate_grace=0.5)
+    run.init(name="terminated")
+    run.log({"x": 1.0})
+    wait_until(lambda: len(only_run(store).ranks) == 1, 60, what="the rank to join")
+    aggregator = aggregator_pid()
+    os.kill(aggregator, signal.SIGTERM)
+    wait_until(lambda: only_run(store).end is not None, 60, what="the run's end")
+    with pytest.raises(AggregatorLost):  # its link is gone for good
+        for _ in range(100_000):
+            run.log({"x": 1.0})
+            time.sleep(0.001)
+    run.close()
+    view = only_run(store)
+    assert view.status == "terminated" and run.status == "terminated"
+    assert not any(e["message"].startswith("the aggregator restarted") for e in view.events)
+    assert "starting another" not in caplog.text and "take over" not in caplog.text
