@@ -55,7 +55,8 @@ def test_a_killed_aggregator_not_restarted_fails_the_run_with_the_reason(
     """The store used to say ``running`` forever, and the host warned that the aggregator 'did not
     finish within 70 s' a second after it had died."""
     monkeypatch.setenv("SIMVUE_HPC_RANK_TIMEOUT", "2")
-    run = Simvue(close_timeout=600, aggregator_restarts=0)
+    monkeypatch.setenv("SIMVUE_HPC_AGGREGATOR_RESTARTS", "0")  # every rank knows no restart will come
+    run = Simvue(close_timeout=600)
     run.init(name="killed-not-restarted")
     other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_LOST], stdout=subprocess.PIPE, text=True)
     try:
