@@ -39,6 +39,7 @@ _CHOICES = {
     "on_abort": ("raise", "terminate"),
     "hierarchy": ("auto", "flat", "node"),
 }
+_NON_NEGATIVE = ("aggregator_restarts",)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class HPCSettings:
     backlog: int = 4096
     handshake_timeout: float = 10.0
     hierarchy: str = "flat"  # node: a relay per node pre-reduces its ranks' points; auto: when ranks span nodes
+    # Surviving the aggregator's death: how many times the host starts a new one (0: the run fails), and
+    # how many points a rank keeps, sent but not yet acknowledged as stored, to resend to the new one.
+    aggregator_restarts: int = 3
+    resend_buffer_points: int = 1_000_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -82,6 +87,9 @@ class HPCSettings:
             if f.name in _CHOICES:
                 if value not in _CHOICES[f.name]:
                     raise ConfigurationError(f"{f.name} must be one of {', '.join(_CHOICES[f.name])}, not {value!r}")
+            elif f.name in _NON_NEGATIVE:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigurationError(f"{f.name} must be a non-negative integer, not {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigurationError(f"{f.name} must be a positive number, not {value!r}")
         if self.batch_points > self.max_buffered_points:

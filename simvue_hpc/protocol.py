@@ -68,6 +68,7 @@ class MsgType(IntEnum):
     ALERT_STATE = 17
     RESOURCES = 18
     PARTIALS = 19  # relay -> aggregator; the message class is simvue_hpc.relay.wire.PartialBatch
+    ACK = 20
 
 
 class Message:
@@ -106,12 +107,15 @@ class Hello(Message):
     reductions: dict[str, list[str]] = field(default_factory=dict)
     start_time: int = 0  # the process's start, clock ticks since boot (/proc/<pid>/stat field 22); 0: unknown
     pid_ns: int = 0  # the inode of the process's pid namespace (/proc/self/ns/pid); 0: unknown
+    resend: bool = False  # the rank keeps what it sent until an ACK says it is stored: send it ACKs
+    resume: bool = False  # the link is resumed after the aggregator restarted: unacknowledged data follows
+    acked_points: int = 0  # on a resumed link: the points acknowledged before (they count as received)
 
     def body(self) -> dict[str, Any]:
-        """As every message's, without ``start_time``/``pid_ns`` when unknown (0): a client that
+        """As every message's, without the optional fields at their defaults (0, False): a client that
         does not know them sends the HELLO it always sent."""
         out = Message.body(self)
-        for key in ("start_time", "pid_ns"):
+        for key in ("start_time", "pid_ns", "resend", "resume", "acked_points"):
             if not out[key]:
                 del out[key]
         return out
@@ -353,11 +357,21 @@ class Resources(Message):
     gpus: list[list[float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """Aggregator to a rank whose HELLO asked for them (``resend``): every message of this link up to
+    sequence ``seq`` is in the store (its points in steps written as final), so the rank may forget
+    it; what it still holds it resends to an aggregator that restarted."""
+
+    TYPE = MsgType.ACK
+    seq: int
+
+
 MESSAGE_TYPES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Reject, MetricBatch, Event, RunUpdate, FolderDetails, AlertDefinition,
-        FileOffer, FileChunk, FileReply, Status, Heartbeat, Goodbye, GoodbyeAck, Notice, AlertState, Resources,
+        FileOffer, FileChunk, FileReply, Status, Heartbeat, Goodbye, GoodbyeAck, Notice, AlertState, Resources, Ack,
     )
 }  # fmt: skip
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from .errors import (
 )
 from .outbox import Every, Outbox
 from .protocol import (
+    Ack,
+    Event,
     FileChunk,
     FileOffer,
     FileReply,
@@ -53,6 +55,7 @@ from .protocol import (
     encode,
 )
 from .relay.placement import is_relay_endpoint
+from .resend import ResendBuffer, resendable
 from .resources import ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ SNDHWM = 64
 PUMP_RETRY = 0.005  # how soon the I/O thread tries again when ZeroMQ would block
 GOODBYE_LINGER_MS = 1000  # how long a rank that leaves during its handshake tries to deliver its goodbye
 RECONNECT_GRACE = 5.0  # a connection to the aggregator lost this long (not re-established) means it is gone
+RESTART_GRACE = 15.0  # more, when the host may start a new aggregator (aggregator_restarts)
 
 
 def process_identity() -> tuple[int, int]:
@@ -99,6 +103,12 @@ class Reporter:
         self.endpoint = endpoint
         self.settings = settings
         start_time, pid_ns = process_identity()
+        # What was sent and not yet acknowledged as stored, for an aggregator that restarts (a node
+        # relay's ranks do without: their relay is on their node).
+        self._resend = None if is_relay_endpoint(endpoint) else ResendBuffer(settings.resend_buffer_points)
+        self._relinked = False  # set when a resumed link is welcomed
+        self._monitor: Any = None
+        self._grace = RECONNECT_GRACE + (RESTART_GRACE if self._resend and settings.aggregator_restarts else 0.0)
         self._hello = Hello(
             secret=secret,
             rank=rank,
@@ -109,6 +119,7 @@ class Reporter:
             reductions=dict(reductions or {}),
             start_time=start_time,
             pid_ns=pid_ns,
+            resend=self._resend is not None,
         )
         self.rank = rank
         self.run_id = ""
@@ -300,17 +311,16 @@ class Reporter:
             os.write(self._wake_w, b"\x01")
 
     def _run(self, sampler: ResourceSampler | None) -> None:
-        monitor = None
         try:
-            monitor = transport.watch_connection(self._sock)
-            self._loop(sampler, monitor)
+            self._monitor = transport.watch_connection(self._sock)
+            self._loop(sampler)
         except Exception as exc:
             log.exception("rank %d: the simvue_hpc I/O thread failed", self.rank)
             self._stop(ReporterDied(f"rank {self.rank}: the thread sending to the aggregator failed: {exc!r}"), exc)
         finally:
             if sampler is not None:
                 sampler.close()
-            transport.close(monitor)
+            transport.close(self._monitor)
             transport.close(self._sock)
             self._ctx.term()
             for wait in self._file_waits.values():
@@ -322,7 +332,8 @@ class Reporter:
         self._detached_reason = str(error)
         self.outbox.stop(error)
 
-    def _loop(self, sampler: ResourceSampler | None, monitor: Any) -> None:
+    def _loop(self, sampler: ResourceSampler | None) -> None:
+        monitor = self._monitor
         poller = transport.poller(
             (self._sock, transport.POLLIN), (self._wake_r, transport.POLLIN), (monitor, transport.POLLIN)
         )
@@ -341,16 +352,27 @@ class Reporter:
             if close_deadline is not None:
                 wake_at = min(wake_at, close_deadline)
             if lost_since is not None:
-                wake_at = min(wake_at, lost_since + RECONNECT_GRACE)
+                wake_at = min(wake_at, lost_since + self._grace)
             events = dict(poller.poll(int(max(0.0, wake_at - now) * 1000)))
             if monitor in events:
-                for connected in transport.connection_changes(monitor):
+                changes = transport.connection_changes(monitor)
+                for connected in changes:
                     lost_since = None if connected else (lost_since or time.monotonic())
+                if changes and not changes[-1] and self._resend is not None:
+                    poller.unregister(self._sock)
+                    poller.unregister(monitor)
+                    self._relink()  # the aggregator may have been restarted: resume on a new link
+                    monitor = self._monitor
+                    poller.register(self._sock, transport.POLLIN)
+                    poller.register(monitor, transport.POLLIN)
             if self._wake_r in events:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
             if self._sock in events:
                 self._receive()
+                if self._relinked:
+                    self._relinked = False
+                    lost_since = None
             now = time.monotonic()
             while self._controls:
                 message, is_chunk = self._controls.popleft()
@@ -377,10 +399,10 @@ class Reporter:
                 self._pump()
             if self.acknowledged or self._detached_reason:
                 return
-            if lost_since is not None and time.monotonic() >= lost_since + RECONNECT_GRACE:
+            if lost_since is not None and time.monotonic() >= lost_since + self._grace:
                 lost = AggregatorLost(
                     f"rank {self.rank}: the connection to the aggregator at {self.endpoint} was lost and not "
-                    f"re-established within {RECONNECT_GRACE:.0f} s; {outbox.buffered()} point(s) not delivered"
+                    f"re-established within {self._grace:.0f} s; {outbox.buffered()} point(s) not delivered"
                 )
                 log.error("%s", lost)
                 self._stop(lost)
@@ -395,9 +417,43 @@ class Reporter:
                 )
                 return
 
-    def _enqueue(self, message: Message, points: int, is_chunk: bool) -> None:
+    def _enqueue(self, message: Message, points: int, is_chunk: bool, resent: int = 0) -> None:
+        """Queue ``message`` for ZeroMQ (``points`` new points; ``resent`` points sent before)."""
+        if self._resend is not None and resendable(message):
+            notice = self._resend.add(self._seq, message, points or resent)
+            if notice:  # the bound was passed: said once, in the log and the run's events
+                log.warning("rank %d: %s", self.rank, notice)
+                self._controls.append((Event(f"rank {self.rank}: {notice}", time.time_ns(), "warning"), False))
         self._queue.append((encode(message, self._seq), points, is_chunk))
         self._seq = (self._seq + 1) & 0xFFFFFFFF
+
+    def _relink(self) -> None:
+        """The link to the aggregator dropped (it died; the host may start another on the same endpoint):
+        a new socket to it, HELLO saying this rank resumes, then everything not acknowledged, in order
+        and renumbered. What ZeroMQ still held for the old link is dropped: the buffer has all of it."""
+        assert self._resend is not None
+        for _, _, is_chunk in self._queue:
+            if is_chunk:
+                self._chunk_slots.release()
+        self._queue.clear()
+        transport.close(self._monitor)
+        transport.close(self._sock)
+        s = self.settings
+        self._sock = transport.connect_dealer(
+            self._ctx, self.endpoint, SNDHWM, self._hello.secret, ping=s.heartbeat_interval, ping_timeout=s.rank_timeout
+        )
+        self._monitor = transport.watch_connection(self._sock)
+        self._seq = 0
+        held = self._resend.take()
+        self._enqueue(
+            replace(self._hello, rank=self.rank, resume=True, acked_points=self._resend.acked_points), 0, False
+        )
+        for message, points in held:
+            self._enqueue(message, 0, False, resent=points)
+        for sha, wait in self._file_waits.items():  # the new aggregator knows nothing of a transfer
+            wait.replies.append(FileReply(sha, "error", "the aggregator restarted during the transfer"))
+            wait.event.set()
+        log.warning("rank %d: the link to the aggregator dropped; resending %d message(s)", self.rank, len(held))
 
     def _pump(self) -> None:
         """Hand the queue to ZeroMQ until it would block."""
@@ -422,6 +478,11 @@ class Reporter:
                 continue
             if isinstance(message, GoodbyeAck):
                 self.acknowledged = True
+            elif isinstance(message, Ack):
+                if self._resend is not None:
+                    self._resend.ack(message.seq)
+            elif isinstance(message, Welcome):
+                self._relinked = True  # a resumed link was accepted
             elif isinstance(message, FileReply):
                 wait = self._file_waits.get(message.sha256)
                 if wait is not None:

@@ -216,11 +216,13 @@ def bind_router(
     secret: str = "",
     server_key: str = "",
     limits: Limits | None = None,
+    port: int = 0,
 ) -> tuple[zmq.Socket[Any], str]:
     """Bind the aggregator's ROUTER; returns the socket and the endpoint ranks connect to.
 
     With ``server_key`` (from :func:`new_credentials`) the socket is a CURVE server that admits only
-    peers holding the keys in ``secret``.
+    peers holding the keys in ``secret``. ``port`` (tcp) binds that port rather than a free one: an
+    aggregator taking over a run binds its predecessor's endpoint.
     """
     limits = limits or Limits()
     zap: _ZapHandler | None = None
@@ -250,7 +252,10 @@ def bind_router(
             address, ipv6 = advertised_address()
             sock.setsockopt(zmq.IPV6, int(ipv6))
             shown = f"[{address}]" if ipv6 else address
-            port = sock.bind_to_random_port(f"tcp://{shown}")
+            if port:
+                sock.bind(f"tcp://{shown}:{port}")
+            else:
+                port = sock.bind_to_random_port(f"tcp://{shown}")
             endpoint = f"tcp://{shown}:{port}"
         elif kind == "ipc":
             path = ipc_path(run_id)

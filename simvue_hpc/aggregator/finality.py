@@ -136,6 +136,19 @@ class StepFinality:
             metric.reduction = reduction
             self._mode[metric.gid] = metric.mode
 
+    def reduction_of(self, name: str) -> Reduction:
+        """The reduction ``name`` is (or will be) stored with."""
+        metric = self._metrics.get(name)
+        return metric.reduction if metric is not None else self._reductions.get(name, Reduction())
+
+    def final_step(self, name: str) -> int:
+        """The largest step of ``name`` stored as final; INT64_MAX for a name the run does not keep
+        (past ``max_metrics``), whose points are dropped and counted."""
+        metric = self._metrics.get(name)
+        if metric is None:
+            return INT64_MAX if len(self._by_gid) >= self._max_metrics else INT64_MIN
+        return int(self._final_step[metric.gid])
+
     # ------------------------------------------------------------------------------------------ points
     def ingest(self, rank: int, batch: MetricBatch, now: float) -> None:
         """Take a rank's batch of points; they wait, staged, until the next :meth:`reduce` folds them."""

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +33,7 @@ from ..errors import ProtocolError, StoreError, StoreFull, TransportError
 from ..protocol import GoodbyeAck, Reject, decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
+from . import restart
 from .actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
 from .reduce import parse_reductions
 from .state import AggregatorConfig, AggregatorState
@@ -57,6 +58,8 @@ class AggregatorSpec:
     reductions: dict[str, list[str]] = field(default_factory=dict)
     server: ServerSettings | None = field(default=None, repr=False)  # None: offline; holds the token
     curve_secret: str = field(default="", repr=False)  # the aggregator's CURVE key (transport.new_credentials)
+    resume: bool = False  # take over the run of an aggregator that died: reopen its store, bind its endpoint
+    endpoint: str = ""  # with resume: the endpoint to bind again
 
     def to_json(self) -> str:
         """The spec as one JSON line for the child process (it holds the secret and the token)."""
@@ -96,6 +99,7 @@ class AggregatorService:
         self._close_request: tuple[str | None, str] | None = None  # set from another thread
         self._terminate_request: str | None = None  # set from a signal handler
         self._events: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
+        self._progress: restart.StoredProgress | None = None  # with resume: what the store already holds
 
     def bind(self, kind: str) -> str:
         """Bind the socket and create the store; errors surface here, in the caller."""
@@ -103,13 +107,20 @@ class AggregatorService:
         self._ctx = transport.context()
         limits = transport.Limits.from_settings(self.settings)
         spec = self.spec
+        port = restart.endpoint_port(spec.endpoint) if spec.resume else 0
         self._sock, self.endpoint = transport.bind_router(
-            self._ctx, kind, spec.run_id, secret=spec.secret, server_key=spec.curve_secret, limits=limits
+            self._ctx, kind, spec.run_id, secret=spec.secret, server_key=spec.curve_secret, limits=limits, port=port
         )
         try:
-            self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
-            self._store.append(RecordType.RUN, dict(self.spec.run))
-            self._store.append(RecordType.STATUS, {"status": "running", "time_us": time.time_ns() // 1000})
+            if spec.resume:
+                self._store = RunWriter.reopen(Path(spec.root), spec.run_id)
+                self._progress = restart.read_progress(self._store.run_dir)
+                if self._progress.ended is not None:
+                    raise StoreError(f"run {spec.run_id} has ended ({self._progress.ended}): nothing to take over")
+            else:
+                self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
+                self._store.append(RecordType.RUN, dict(self.spec.run))
+                self._store.append(RecordType.STATUS, {"status": "running", "time_us": time.time_ns() // 1000})
             self._store.flush()
             if self.spec.server is not None:
                 self._upload = LiveUpload(self._store.run_dir, self.spec.server)
@@ -136,6 +147,8 @@ class AggregatorService:
         )
         now = self._clock()
         state = AggregatorState(config, now)
+        if self._progress is not None:
+            self._perform(state, state.resume(self._progress.final_steps, self._progress.rank_states, now))
         items: list[tuple[Any, int]] = [(self._sock, transport.POLLIN)]
         if control_fd is not None:
             items.append((control_fd, transport.POLLIN))
@@ -191,6 +204,7 @@ class AggregatorService:
                     self._perform(state, state.tick(now))
                     next_tick = state.next_deadline(now)
                     self._write(state, self._store.flush)
+                    self._perform(state, state.acks(now))  # only what the flush handed to the OS
                 if now >= sync_at:
                     self._write(state, self._store.sync)
                     sync_at = now + SYNC_INTERVAL
@@ -375,8 +389,10 @@ class ThreadHost:
     def _main(self) -> None:
         try:
             self._service.run(stop=self._stop)
-        except Exception:
+        except Exception as exc:
             log.exception("the simvue_hpc aggregator failed")
+            spec = self._service.spec  # the floor: the run is failed in the store, never left running
+            restart.record_lost(spec.root, spec.run_id, f"the aggregator thread failed: {exc!r}")
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -407,41 +423,56 @@ class ProcessHost:
     """The aggregator as a child process, fed its spec on stdin; stdin's end tells it we died."""
 
     def __init__(self, spec: AggregatorSpec, kind: str, start_timeout: float) -> None:
+        self._spec, self._kind, self._start_timeout = spec, kind, start_timeout
+        self.endpoint: str = ""
+        self._proc, self._stdin = self._start(spec)
+        self.uploaded: bool | None = None
+        self._run_id = spec.run_id
+        self._root = spec.root
+        # A child that dies is replaced (aggregator_restarts times) on the same endpoint, with the same keys.
+        self._restarter = restart.Restarter(
+            lambda: self._proc, self._take_over, spec.settings.aggregator_restarts, spec.run_id
+        )
+
+    def _start(self, spec: AggregatorSpec) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
         env = dict(os.environ)
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", kind],
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", self._kind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             start_new_session=True,
             close_fds=True,
         )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._stdin: IO[bytes] = self._proc.stdin
-        self._stdin.write(spec.to_json().encode() + b"\n")
-        self._stdin.flush()
-        answer = _read_line(self._proc.stdout, start_timeout)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(spec.to_json().encode() + b"\n")
+        proc.stdin.flush()
+        answer = _read_line(proc.stdout, self._start_timeout)
         if not answer or "endpoint" not in answer:
-            self._proc.kill()
-            self._proc.wait()
-            reason = answer.get("error") if answer else f"no answer within {start_timeout} s"
+            proc.kill()
+            proc.wait()
+            reason = answer.get("error") if answer else f"no answer within {self._start_timeout} s"
             raise TransportError(f"the aggregator process did not start: {reason}")
-        self.endpoint: str = answer["endpoint"]
-        self.uploaded: bool | None = None
-        self._run_id = spec.run_id
+        self.endpoint = answer["endpoint"]
+        return proc, proc.stdin
+
+    def _take_over(self) -> None:
+        """Start a new aggregator for the run on the dead one's endpoint (called by the restarter)."""
+        self._proc, self._stdin = self._start(replace(self._spec, resume=True, endpoint=self.endpoint))
 
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        return self._proc.poll() is None or self._restarter.may_restart()
 
     def wait(self, timeout: float) -> str | None:
         """The final status once the child has exited; None if it had to be stopped."""
+        self._restarter.stop()  # from now on a child that dies is not replaced: the run is ending
         assert self._proc.stdout is not None
         with contextlib.suppress(OSError):
             self._stdin.close()  # the host is done: the child closes once the other ranks have
         answer = _read_line(self._proc.stdout, timeout)
-        if answer is None:
+        if answer is None and self._proc.poll() is None:
             log.warning("the aggregator did not finish within %.0f s; asking it to stop now", timeout)
             self._proc.send_signal(signal.SIGUSR1)
             answer = _read_line(self._proc.stdout, 10)
@@ -454,7 +485,15 @@ class ProcessHost:
             transport.remove_ipc_file(self._run_id)  # left behind if the child was killed
         if answer:
             self.uploaded = answer.get("uploaded")
-        return answer.get("status") if answer else None
+            return answer.get("status")
+        return self._died(self._proc.returncode)
+
+    def _died(self, returncode: int | None) -> str | None:
+        """The child ended without saying how the run ended: it died. The run is marked failed in the
+        store with the reason (never left running); returns the status recorded (None if it could not be)."""
+        reason = f"the aggregator process died ({restart.exit_reason(returncode)}) and was not restarted"
+        log.error("run %s: %s", self._run_id, reason)
+        return restart.record_lost(self._root, self._run_id, reason)
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:

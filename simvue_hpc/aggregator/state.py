@@ -22,6 +22,7 @@ from typing import Any
 from ..alerts import AlertEvaluator, Transition
 from ..config import HPCSettings
 from ..protocol import (
+    Ack,
     AlertDefinition,
     AlertState,
     Event,
@@ -49,6 +50,7 @@ from .files import FileTransfers
 from .finality import StepFinality
 from .peers import CLOSED, LIVE, LOST, Peer, Roster
 from .reduce import Reduction
+from .resume import AckTracker, drop_stored
 from .rollup import LiveRanks, ResourceRollup
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ COUNTERS = (
     "points_over_bounds",  # dropped past a bound: max_metrics, max_open_steps, the step range
     "peers_refused",  # ranks refused past peer_margin / max_peers
     "points_after_stop",  # arrived after the run stopped accepting data (a full disk)
+    "points_already_stored",  # resent after a restart, already in the store: dropped
 )
 
 _Handler = Callable[[Peer, Any, float, list[Action]], None]
@@ -106,6 +109,8 @@ class AggregatorState:
         self.stopped: str | None = None  # why the run no longer accepts data
         self._silence_due = now
         self._live = LiveRanks(self._settings.heartbeat_interval, now)
+        self._acks = AckTracker()
+        self._stored: dict[str, int] = {}  # after a restart: stored name -> largest final step (resume)
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
             PartialBatch: self._on_partials,
@@ -156,7 +161,25 @@ class AggregatorState:
         else:
             handler(peer, msg, now, out)
             self._notes(out)
+            self._acks.received(identity, seq, msg if isinstance(msg, MetricBatch) else None)
         return out
+
+    def resume(self, stored_steps: Mapping[str, int], rank_states: Mapping[int, str], now: float) -> list[Action]:
+        """This aggregator took over a run whose aggregator died: resent points of steps already stored
+        (``stored_steps``: stored name -> largest final step) are dropped, and the ranks that had closed
+        or were lost (``rank_states``, from the log) are known as such, so nobody waits for them."""
+        self._stored = dict(stored_steps)
+        for rank, state in rank_states.items():
+            if state in (CLOSED, LOST) and rank not in self._roster.by_rank:
+                self._roster.add(Peer(b"\0stored-%d" % rank, rank, "", 0, now, state=state))
+        out: list[Action] = []
+        self._event("the aggregator restarted: the ranks resend what was not stored", "warning", out)
+        return out
+
+    def acks(self, now: float) -> list[Action]:
+        """ACKs for the ranks that asked for them, once what they acknowledge is in the store (the loop
+        calls this after each flush)."""
+        return [Reply(identity, Ack(seq)) for identity, seq in self._acks.due(now, self._steps.final_step)]
 
     def protocol_error(self, identity: bytes, reason: str, now: float) -> list[Action]:
         """A message from ``identity`` could not be decoded or applied: counted and answered, never fatal;
@@ -310,7 +333,11 @@ class AggregatorState:
         self._steps.joined(rank)
         for problem in self._steps.request_reductions(msg.reductions):
             self._event(f"rank {rank}: ignored reduction: {problem}", "warning", out)
-        self._record_rank(peer, "joined", out)
+        if msg.resend:
+            self._acks.watch(identity, seq)
+        if msg.resume:
+            peer.received_points = msg.acked_points  # stored before the restart
+        self._record_rank(peer, "joined", out, **({"resumed": True} if msg.resume else {}))
         welcome = Welcome(rank, self.config.run_id, self.config.run_name, self._admission.flush_interval())
         out.append(Reply(identity, welcome))
         if self.aborted is not None:
@@ -326,6 +353,9 @@ class AggregatorState:
         if self.stopped is not None:
             self.counters["points_after_stop"] += n
             return
+        if self._stored:
+            batch, dropped = drop_stored(batch, peer.rank, self._steps.reduction_of, self._stored)
+            self.counters["points_already_stored"] += dropped
         self._steps.ingest(peer.rank, batch, now)
 
     def _on_partials(self, peer: Peer, batch: PartialBatch, now: float, out: list[Action]) -> None:
@@ -373,6 +403,7 @@ class AggregatorState:
             self._event(f"{who} sent {msg.sent_points} point(s), {peer.received_points} arrived", "warning", out)
         out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
         self._files.forget(peer.identity, out)
+        self._acks.forget(peer.identity)
         self._live_changed(peer)
         if self.config.host_rank is not None and peer.rank == self.config.host_rank:
             self.begin_close(now)

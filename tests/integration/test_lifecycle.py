@@ -247,6 +247,7 @@ def test_a_dead_or_stopped_aggregator_is_an_error_on_every_rank_and_nobody_waits
     pings): the ranks used to log on into the void and wait the whole close timeout. Now the next
     call raises AggregatorLost once and close() does not wait for an answer."""
     monkeypatch.setenv("SIMVUE_HPC_RANK_TIMEOUT", "2")  # how long unanswered pings mean "gone"
+    monkeypatch.setenv("SIMVUE_HPC_AGGREGATOR_RESTARTS", "0")  # the floor: no new aggregator takes over
     run = Simvue(close_timeout=600)
     run.init(name="lost-aggregator")
     other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_STOPPED], stdout=subprocess.PIPE, text=True)

@@ -19,6 +19,7 @@ from simvue_hpc.protocol import (
     MAGIC,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    Ack,
     AlertDefinition,
     AlertState,
     Event,
@@ -104,6 +105,9 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
         pid=small_ints,
         client=text,
         reductions=reductions,
+        resend=st.booleans(),
+        resume=st.booleans(),
+        acked_points=st.integers(0, 2**62),
     ),
     Welcome: st.builds(Welcome, rank=ints, run_id=text, run_name=text),
     Reject: st.builds(Reject, reason=text),
@@ -141,6 +145,7 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
             st.tuples(st.integers(0, 7).map(float), st.floats(0, 100), st.floats(0, 100)).map(list), max_size=4
         ),
     ),
+    Ack: st.builds(Ack, seq=st.integers(0, 2**32 - 1)),
 }
 any_message = st.one_of(*MESSAGES.values())
 seqs = st.integers(min_value=0, max_value=2**32 - 1)
@@ -467,6 +472,7 @@ def _sample(cls: type[Message]) -> Message:
         Notice: Notice("abort", "stop"),
         AlertState: AlertState("manual", "critical"),
         Resources: Resources(1, 12.5, 300.0, [[0.0, 80.0, 40.0]]),
+        Ack: Ack(3),
     }[cls]
 
 
