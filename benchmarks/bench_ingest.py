@@ -236,8 +236,8 @@ def feeder(conn, ranks: int, frames_args: tuple, offered: float) -> None:
 
 def part2(ranks: int, frames_args: tuple, tmp: Path, transport_kind: str, offered: float, profile: bool,
           top: int) -> dict:  # fmt: skip
+    from simvue_hpc.aggregator.finality import StepFinality
     from simvue_hpc.aggregator.loop import AggregatorService, AggregatorSpec
-    from simvue_hpc.aggregator.state import AggregatorState
     from simvue_hpc.store import load_run, new_run_id
 
     ctx = mp.get_context("fork")
@@ -263,17 +263,17 @@ def part2(ranks: int, frames_args: tuple, tmp: Path, transport_kind: str, offere
 
     conductor = threading.Thread(target=conduct, daemon=True)
     conductor.start()
-    # diagnostic: how many points each reduce pass (tick) works on
+    # diagnostic: how many new points each reduce pass (tick) folds in
     pending: list[int] = []
-    original_reduce = AggregatorState._reduce
+    original_reduce = StepFinality.reduce
 
-    def counting_reduce(self, now, out, final):  # type: ignore[no-untyped-def]
-        n = sum(len(c[0]) for c in self._chunks)
+    def counting_reduce(self, now, final):  # type: ignore[no-untyped-def]
+        n = sum(len(c[0]) for c in self._staged)
         if n:
             pending.append(n)
-        return original_reduce(self, now, out, final)
+        return original_reduce(self, now, final)
 
-    AggregatorState._reduce = counting_reduce  # type: ignore[method-assign]
+    StepFinality.reduce = counting_reduce  # type: ignore[method-assign]
     prof = cProfile.Profile() if profile else None
     try:
         if prof:
@@ -284,7 +284,7 @@ def part2(ranks: int, frames_args: tuple, tmp: Path, transport_kind: str, offere
         if prof:
             prof.disable()
     finally:
-        AggregatorState._reduce = original_reduce  # type: ignore[method-assign]
+        StepFinality.reduce = original_reduce  # type: ignore[method-assign]
     conductor.join(60)
     proc.join(30)
     view = load_run(Path(spec.root) / run_id)
@@ -306,7 +306,7 @@ def part2(ranks: int, frames_args: tuple, tmp: Path, transport_kind: str, offere
     )  # fmt: skip
     print(f"   counters: {counters}")
     if pending:
-        print(f"   reduce passes with pending points: {len(pending)}, points per pass median {C.median(pending):.0f}, "
+        print(f"   reduce passes with new points: {len(pending)}, points per pass median {C.median(pending):.0f}, "
               f"max {max(pending)}")  # fmt: skip
     if counters.get("points_received") != points:
         print(f"   WARNING: the aggregator received {counters.get('points_received')} of {points} points")

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up a virtual environment, run the MPI example on 4 ranks into the local store (no server
-# needed) and show the resulting run.
+# needed), show the resulting run and write its HTML report (the last line is the report's path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[mpi]'
+.venv/bin/python -m pip install --quiet -e '.[mpi,view]'
 export PATH="$PWD/.venv/bin:$PATH"
 export SIMVUE_OFFLINE_DIRECTORY=${SIMVUE_OFFLINE_DIRECTORY:-$PWD/.simvue_hpc}
 name="heat-1d-$(date +%Y%m%d-%H%M%S)"
@@ -14,3 +14,9 @@ root=$PWD
 (cd "$(mktemp -d)" && mpiexec -n 4 python "$root/examples/heat_mpi.py" --steps 200 --name "$name")
 simvue-hpc list
 simvue-hpc show "$name"
+report="$SIMVUE_OFFLINE_DIRECTORY/$name.html"
+simvue-hpc report "$name" -o "$report" >/dev/null
+echo
+echo "Also try: simvue-hpc plot $name residual energy | export $name --metrics m.csv | show $name --json"
+echo "The run's report (one self-contained page; open it in a browser):"
+echo "$report"

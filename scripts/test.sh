@@ -10,6 +10,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 bash scripts/install_c_deps.sh       # cmake, libzmq, gfortran from Debian, for the C and Fortran client
 bash scripts/install_slurm.sh        # slurmctld, slurmd, munge from Debian: tests/slurm starts a real Slurm
+bash scripts/install_chromium.sh     # Debian's Chromium: the HTML report is loaded in a real headless browser
 export PATH="$PWD/.venv/bin:$PATH"   # the mpich wheel's mpiexec
 echo "== ruff"
 ruff check .

@@ -58,6 +58,19 @@ class HPCSettings:
     system_metrics_interval: float = 30.0  # how often each rank reports its CPU, memory (and GPUs)
     terminate_grace: float = 5.0  # after SIGTERM, how long the aggregator waits for the ranks' last data
     on_abort: str = "raise"  # when the run is aborted: log() raises RunAborted, or the rank gets SIGTERM
+    # the aggregator's bounds: what passes one is dropped, counted and recorded once (an event)
+    message_rate_budget: float = 20_000.0  # METRICS messages per second from all ranks: sets their flush interval
+    max_metrics: int = 10_000  # distinct metric names per run
+    max_open_steps: int = 100_000  # steps of one metric waiting to be final
+    peer_margin: int = 64  # ranks beyond the expected number (the world size) that may join; pools: max_peers
+    max_peers: int = 4096  # ranks at once when their number is not known in advance (pools, the sidecar)
+    # What one peer may cost the aggregator (see transport.Limits): a larger message disconnects its sender;
+    # at most peer_buffer_bytes queue per peer; the listen backlog for connect storms; the seconds a peer
+    # has to finish its (authenticated) handshake before it is dropped.
+    max_message_bytes: int = 64 << 20
+    peer_buffer_bytes: int = 1 << 30
+    backlog: int = 4096
+    handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,7 +119,12 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
 TOML_NAMES = ("simvue.toml", ".simvue.toml")
 INI_NAMES_CWD = ("simvue.ini",)
 INI_NAMES_HOME = (".simvue.ini", "simvue.ini")
-_FLOAT_ENV = {"heartbeat_interval": "SIMVUE_HEARTBEAT_INTERVAL", "upload_timeout": "SIMVUE_UPLOAD_TIMEOUT"}
+_FLOAT_ENV = {
+    "heartbeat_interval": "SIMVUE_HEARTBEAT_INTERVAL",
+    "upload_timeout": "SIMVUE_UPLOAD_TIMEOUT",
+    "abort_interval": "SIMVUE_ABORT_INTERVAL",
+    "retry_budget": "SIMVUE_RETRY_BUDGET",
+}
 
 
 @dataclass(frozen=True, repr=False)
@@ -123,6 +141,10 @@ class ServerSettings:
     heartbeat_interval: float = 60.0
     upload_timeout: float = 60.0  # how long close() waits for the upload to finish
     request_timeout: float = 30.0  # every HTTP request: connect and read
+    abort_interval: float = 5.0  # how often a live run reads the server's abort flag (one GET per run)
+    retry_attempts: int = 5  # sync: attempts per request before a run is given up for now ...
+    retry_budget: float = 30.0  # ... and seconds of retrying per run
+    event_prefix: bool = True  # events of a run of several ranks are shown as "[rank R on HOST] message"
     offline_cache: str | None = None  # [offline] cache of simvue.toml, or SIMVUE_OFFLINE_DIRECTORY
     source: str | None = dataclasses.field(default=None, compare=False)
 
@@ -134,7 +156,11 @@ class ServerSettings:
                 raise ConfigurationError(f"{name} must be a string or None, not {type(value).__name__}")
         if self.token is not None and re.search(r"[\s\x00-\x1f\x7f]", self.token):
             raise ConfigurationError("token must not contain whitespace or control characters")
-        for name in ("heartbeat_interval", "upload_timeout", "request_timeout"):
+        if not isinstance(self.event_prefix, bool):
+            raise ConfigurationError(f"event_prefix must be True or False, not {self.event_prefix!r}")
+        if isinstance(self.retry_attempts, bool) or not isinstance(self.retry_attempts, int) or self.retry_attempts < 1:
+            raise ConfigurationError(f"retry_attempts must be a whole number >= 1, not {self.retry_attempts!r}")
+        for name in ("heartbeat_interval", "upload_timeout", "request_timeout", "abort_interval", "retry_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
                 raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -201,8 +227,10 @@ class ServerSettings:
         So when both a ``simvue.toml`` and a ``simvue.ini`` exist, ``simvue.toml`` wins.
 
         Environment variables win over the file, one field at a time: ``SIMVUE_URL``, ``SIMVUE_TOKEN``,
-        ``SIMVUE_OFFLINE_DIRECTORY`` (the offline cache), ``SIMVUE_HEARTBEAT_INTERVAL`` and
-        ``SIMVUE_UPLOAD_TIMEOUT`` (positive seconds). An empty variable counts as unset.
+        ``SIMVUE_OFFLINE_DIRECTORY`` (the offline cache), ``SIMVUE_HEARTBEAT_INTERVAL``,
+        ``SIMVUE_UPLOAD_TIMEOUT``, ``SIMVUE_ABORT_INTERVAL`` and ``SIMVUE_RETRY_BUDGET`` (positive
+        seconds), ``SIMVUE_RETRY_ATTEMPTS`` (a whole number >= 1), ``SIMVUE_EVENT_PREFIX`` (0 turns the
+        ``[rank R on HOST]`` prefix of events off). An empty variable counts as unset.
 
         ``environ`` defaults to ``os.environ``, ``cwd`` to the current directory and ``home`` to ``$HOME``
         of ``environ`` (else the user's home directory). A file that cannot be read or parsed raises
@@ -235,6 +263,16 @@ class ServerSettings:
                     raise ConfigurationError(f"{variable} must be a positive number of seconds, not {raw!r}") from None
                 if not 0 < values[name] < math.inf:
                     raise ConfigurationError(f"{variable} must be a positive number of seconds, not {raw!r}")
+        raw = env.get("SIMVUE_EVENT_PREFIX", "").strip().lower()
+        if raw:
+            if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ConfigurationError(f"SIMVUE_EVENT_PREFIX must be 0 or 1, not {raw!r}")
+            values["event_prefix"] = raw in ("1", "true", "yes", "on")
+        raw = env.get("SIMVUE_RETRY_ATTEMPTS", "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ConfigurationError(f"SIMVUE_RETRY_ATTEMPTS must be a whole number >= 1, not {raw!r}")
+            values["retry_attempts"] = int(raw)
         return cls(**values)
 
 

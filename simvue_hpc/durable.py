@@ -22,7 +22,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "atomic_write_json", "lock_file", "write_all"]
+__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "atomic_write_json", "fsync_dir", "lock_file", "write_all"]
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ Every error the package raises on purpose is a :class:`SimvueHPCError`; bad inpu
     │   ├── ValidationError (+ValueError)  the server refused a field (422): never retried
     │   └── ServerUnavailable              timeouts, connection errors, 5xx after all retries
     │       └── OutcomeUnknown             a request may or may not have been processed: reconcile first
+    ├── MissingExtra (+ImportError)        an optional dependency is missing: names the extra to install
     ├── RunAborted                         the run was asked to stop
     └── RunStopped                         the run no longer accepts data from this process: the reason says why
         ├── AggregatorLost                 the aggregator died and could not be replaced
@@ -109,3 +110,12 @@ class AggregatorLost(RunStopped):
 
 class ReporterDied(RunStopped):
     """This process's sending thread died; the original exception is chained as ``__cause__``."""
+
+
+class MissingExtra(SimvueHPCError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, extra: str, package: str, purpose: str) -> None:
+        super().__init__(f"{purpose} needs {package}, which is not installed: pip install 'simvue_hpc[{extra}]'")
+        self.extra = extra
+        self.package = package

@@ -18,7 +18,8 @@ Overflow policy (when the aggregator cannot keep up)
     goodbye; the aggregator records them in the run. Nothing is lost silently.
 
 Steps
-    A given step must be an integer in [0, 2**63 - 1] (the wire's int64). A call without ``step``
+    A given step must be an integer in [0, 2**63 - 2]: the wire's int64, less its maximum, which the
+    aggregator keeps as its marker for "every step". A call without ``step``
     gets one more than the highest step this rank has logged (0 for the first), so default steps
     never reuse a step. A step lower than an earlier one is accepted (a pool worker running a second
     task of a sweep starts again at 0; a code restarted from a checkpoint repeats steps): if the
@@ -46,6 +47,7 @@ from .protocol import MetricBatch
 log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
+STEP_MAX = INT64_MAX - 1  # INT64_MAX is the aggregator's marker for "every step"
 NAMES_SENT_WHOLE = 64  # up to this many names a batch carries the rank's whole name list
 
 
@@ -148,7 +150,7 @@ class Outbox:
             return self._halted(metrics, step)
         if metrics.__class__ is not dict and not isinstance(metrics, Mapping):
             raise ConfigurationError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
-        if step is not None and (step.__class__ is not int or step < 0 or step > INT64_MAX):
+        if step is not None and (step.__class__ is not int or step < 0 or step > STEP_MAX):
             step = _check_step(step)
         lock = self._lock
         n0: int | None = None
@@ -158,8 +160,8 @@ class Outbox:
                 raise SimvueHPCError("this run is closed")
             if step is None:
                 step = self._next_step
-                if step > INT64_MAX:
-                    raise ConfigurationError(f"the default step {step} is past the int64 maximum {INT64_MAX}")
+                if step > STEP_MAX:
+                    raise ConfigurationError(f"the default step {step} is past the largest int64 step {STEP_MAX}")
             vals = self._vals
             n0 = len(vals)
             if self._dropping or n0 + self.queued_points + len(metrics) > self.max_points:
@@ -346,6 +348,6 @@ class Outbox:
 def _check_step(step: Any) -> int:
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise ConfigurationError(f"step must be a non-negative integer, got {type(step).__name__} {step!r}")
-    if not 0 <= step <= INT64_MAX:
-        raise ConfigurationError(f"step must be a non-negative integer of at most {INT64_MAX} (int64), got {step}")
+    if not 0 <= step <= STEP_MAX:
+        raise ConfigurationError(f"step must be a non-negative integer of at most {STEP_MAX} (int64), got {step}")
     return int(step)

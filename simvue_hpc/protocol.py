@@ -67,6 +67,7 @@ class MsgType(IntEnum):
     NOTICE = 16
     ALERT_STATE = 17
     RESOURCES = 18
+    PARTIALS = 19  # relay -> aggregator; the message class is simvue_hpc.relay.wire.PartialBatch
 
 
 class Message:

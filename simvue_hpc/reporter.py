@@ -52,6 +52,7 @@ from .protocol import (
     decode,
     encode,
 )
+from .relay.placement import is_relay_endpoint
 from .resources import ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ class Reporter:
         """Handshake with the aggregator, then start the I/O thread."""
         self._ctx = transport.context()
         s = self.settings  # an aggregator that stops answering ZeroMQ's pings is as gone as a dead one
-        self._sock = transport.connect_dealer(self._ctx, self.endpoint, SNDHWM, s.heartbeat_interval, s.rank_timeout)
+        keys = "" if is_relay_endpoint(self.endpoint) else self._hello.secret  # a relay: private ipc, no CURVE
+        self._sock = transport.connect_dealer(
+            self._ctx, self.endpoint, SNDHWM, keys, ping=s.heartbeat_interval, ping_timeout=s.rank_timeout
+        )
         transport.send(self._sock, encode(self._hello, 0), block=True)
         try:
             reply = self._await_welcome()

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .durable import atomic_write_json
+from .durable import PRIVATE_DIR_MODE, atomic_write_json
 from .errors import RoleError
+from .relay.placement import attach_endpoint
 
 ENDPOINT_VAR = "SIMVUE_HPC_ENDPOINT"
 SECRET_VAR = "SIMVUE_HPC_SECRET"
@@ -94,7 +95,7 @@ def detect(env: Mapping[str, str] | None = None) -> Placement:
             rank,
             size,
             launcher,
-            endpoint=env[ENDPOINT_VAR],
+            endpoint=attach_endpoint(env, env[ENDPOINT_VAR], env.get(RUN_VAR, "")),
             secret=env[SECRET_VAR],
             run_id=env.get(RUN_VAR, ""),
             owner=owner,
@@ -150,7 +151,7 @@ def job_key(env: Mapping[str, str]) -> str:
 
 def publish(directory: Path, key: str, info: Mapping[str, str]) -> Path:
     """Rank 0 writes the endpoint and secret where the other ranks look (mode 0600, atomically)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     path = directory / f"{key}.json"
     atomic_write_json(path, {**info, "created": time.time()})
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import secrets
 import socket
 import sys
 import time
@@ -39,10 +38,12 @@ def host_spec(
     """A new run's aggregator spec: a fresh id and secret, the RUN record (``run``'s checked fields, a
     generated name if none, the system block and ``job``) and the server settings after one check of
     the server (None offline). Used by the host's ``init`` and by ``simvue-hpc run``."""
+    from . import transport
     from .aggregator.loop import AggregatorSpec
     from .store import default_root, new_run_id
 
     run_id = new_run_id()
+    secret, curve_secret = transport.new_credentials()  # the ranks' credential holds their CURVE keys
     name = run["name"] or generate_name()
     record = {
         "id": run_id,
@@ -55,7 +56,7 @@ def host_spec(
     return AggregatorSpec(
         run_id=run_id,
         run_name=name,
-        secret=secrets.token_hex(16),
+        secret=secret,
         root=str(default_root()),
         run=record,
         expected_ranks=expected_ranks,
@@ -63,6 +64,7 @@ def host_spec(
         settings=settings,
         reductions=dict(reductions or {}),
         server=checked_server(),
+        curve_secret=curve_secret,
     )
 
 

@@ -29,6 +29,7 @@ TERM_TIMEOUT = 5.0
 FAST = {
     "SIMVUE_HPC_HEARTBEAT_INTERVAL": "0.5",
     "SIMVUE_HPC_CLOSE_TIMEOUT": "20",
+    "SIMVUE_HPC_HOST": "127.0.0.1",  # tests bind and connect on loopback only
 }
 
 

@@ -107,7 +107,7 @@ typedef struct svh_client svh_client;
 /* Everything svh_connect_opts() needs. Fill it with svh_options_init() first. */
 typedef struct svh_options {
     const char *endpoint;          /* ZeroMQ endpoint of the aggregator (SIMVUE_HPC_ENDPOINT) */
-    const char *secret;            /* the run's secret (SIMVUE_HPC_SECRET) */
+    const char *secret;            /* the run's secret (SIMVUE_HPC_SECRET), with its CURVE keys */
     int rank;                      /* the rank to ask for, or -1: the aggregator assigns one */
     int size;                      /* the job's number of ranks as seen here; 0 if unknown */
     int connect_timeout_ms;        /* the handshake's bound (30000) */

@@ -12,6 +12,7 @@
  * bound is on buffered + queued points. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <limits.h>
 #include <pthread.h>
@@ -206,6 +207,62 @@ static int env_int(const char *var, long *out) {
     return 0;
 }
 
+/* The ipc endpoint of this node's relay, as simvue_hpc/relay/service.py relay_endpoint() names it:
+ * ipc://<tmpdir>/simvue_hpc-<run id>-<node>.sock, node = SIMVUE_HPC_NODE or the host name, every
+ * character but letters, digits, '_', '.' and '-' replaced by '_'. 0, or -1 if it does not fit. */
+static int relay_path(char *out, size_t len, const char *run_id) {
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = getenv("TEMP");
+    if (!dir || !*dir) dir = getenv("TMP");
+    if (!dir || !*dir) dir = "/tmp";
+    char node[256];
+    const char *given = getenv("SIMVUE_HPC_NODE");
+    if (given && *given) {
+        snprintf(node, sizeof node, "%s", given);
+    } else if (gethostname(node, sizeof node) != 0) {
+        strcpy(node, "unknown");
+    }
+    node[sizeof node - 1] = '\0';
+    for (char *p = node; *p; ++p)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '.' || *p == '-'))
+            *p = '_';
+    int n = snprintf(out, len, "%s/simvue_hpc-%s-%s.sock", dir, run_id, node);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* Whether an endpoint is a node relay's (ipc://<dir>/simvue_hpc-<run id>-<node>.sock) rather than the
+ * aggregator's (ipc://<dir>/simvue_hpc-<run id>.sock or tcp): a relay's socket file is private to the job's
+ * user and never crosses the network, so it is reached without CURVE (simvue_hpc/relay/placement.py). */
+static int is_relay_endpoint(const char *endpoint) {
+    if (strncmp(endpoint, "ipc://", 6) != 0) return 0;
+    const char *base = strrchr(endpoint, '/');
+    base = base ? base + 1 : endpoint;
+    return strncmp(base, "simvue_hpc-", 11) == 0 && strchr(base + 11, '-') != NULL;
+}
+
+/* SIMVUE_HPC_HIERARCHY: "flat" (or unset) connects to SIMVUE_HPC_ENDPOINT; "node" to this node's relay
+ * (the ranks of a node pre-reduce there); "auto" to the relay if its socket exists, else flat. */
+static int relay_from_env(svh_options *o) {
+    static _Thread_local char endpoint[4200];
+    const char *hierarchy = getenv("SIMVUE_HPC_HIERARCHY");
+    if (!hierarchy || !*hierarchy || strcmp(hierarchy, "flat") == 0) return SVH_OK;
+    if (strcmp(hierarchy, "node") != 0 && strcmp(hierarchy, "auto") != 0)
+        return svh_set_error(SVH_EINVAL, "SIMVUE_HPC_HIERARCHY=\"%s\" must be auto, flat or node", hierarchy);
+    const char *run_id = getenv("SIMVUE_HPC_RUN_ID");
+    if (!run_id || !*run_id) {
+        if (strcmp(hierarchy, "auto") == 0) return SVH_OK;
+        return svh_set_error(SVH_EINVAL, "SIMVUE_HPC_HIERARCHY=node needs SIMVUE_HPC_RUN_ID (set by the run's host)");
+    }
+    char path[4096];
+    if (relay_path(path, sizeof path, run_id) != 0)
+        return svh_set_error(SVH_EINVAL, "the relay's socket path is too long");
+    if (strcmp(hierarchy, "auto") == 0 && access(path, F_OK) != 0) return SVH_OK;
+    snprintf(endpoint, sizeof endpoint, "ipc://%s", path);
+    o->endpoint = endpoint;
+    return SVH_OK;
+}
+
 int svh_options_from_env(svh_options *o) {
     if (!o) return svh_set_error(SVH_EINVAL, "svh_options_from_env: NULL options");
     const char *endpoint = getenv("SIMVUE_HPC_ENDPOINT");
@@ -221,6 +278,8 @@ int svh_options_from_env(svh_options *o) {
     o->secret = secret;
     o->rank = -1;
     o->size = 0;
+    int rc = relay_from_env(o);
+    if (rc != SVH_OK) return rc;
     const char *owner = getenv("SIMVUE_HPC_OWNER");
     if (owner && strcmp(owner, "sidecar") == 0) {
         static const char *const vars[][2] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
@@ -885,6 +944,46 @@ static int set_nonblocking_cloexec(int fd) {
 }
 
 /* Sends the HELLO and waits for the WELCOME. 0, or an error code (svh_last_error set). */
+/* The run's secret, "<token>:<server public key>:<client secret key>" with the keys in hex, carries the
+ * CURVE keys the aggregator demands (simvue_hpc/transport.py): the connection is then encrypted and
+ * authenticated at the handshake. A secret without keys connects in plaintext (an aggregator started
+ * without keys). */
+static int hex_key(const char *s, size_t n, uint8_t out[32]) {
+    if (n != 64) return -1;
+    for (size_t i = 0; i < 32; ++i) {
+        int v = 0;
+        for (int k = 0; k < 2; ++k) {
+            char ch = s[2 * i + (size_t)k];
+            int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                  : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+            if (d < 0) return -1;
+            v = v * 16 + d;
+        }
+        out[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+static int set_curve_keys(void *sock, const char *secret) {
+    const char *a = strchr(secret, ':');
+    if (!a) return SVH_OK;
+    const char *b = strchr(a + 1, ':');
+    uint8_t server_public[32], client_secret[32];
+    if (!b || hex_key(a + 1, (size_t)(b - a - 1), server_public) || hex_key(b + 1, strlen(b + 1), client_secret))
+        return svh_set_error(SVH_EINVAL, "the run's secret holds malformed keys (SIMVUE_HPC_SECRET)");
+    if (!zmq_has("curve"))
+        return svh_set_error(SVH_EINVAL, "the run needs CURVE encryption but this libzmq was built without it");
+    char z_secret[41], z_public[41];
+    int rc = zmq_z85_encode(z_secret, client_secret, 32) && zmq_curve_public(z_public, z_secret) == 0 ? 0 : -1;
+    if (rc == 0) rc = zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_public, 32);
+    if (rc == 0) rc = zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, z_public, 40);
+    if (rc == 0) rc = zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, client_secret, 32);
+    memset(client_secret, 0, sizeof client_secret);
+    memset(z_secret, 0, sizeof z_secret);
+    if (rc != 0) return svh_set_error(SVH_EIO, "cannot set the CURVE keys: %s", zmq_strerror(zmq_errno()));
+    return SVH_OK;
+}
+
 static int handshake(svh_client *c, const char *client, size_t nred, const svh_reduction *red) {
     char host[256];
     if (gethostname(host, sizeof host) != 0) strcpy(host, "unknown");
@@ -1032,6 +1131,11 @@ svh_client *svh_connect_opts(const svh_options *o) {
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (!is_relay_endpoint(c->endpoint) && set_curve_keys(c->sock, c->secret) != SVH_OK) {
+        free(red);
+        client_free(c);
+        return NULL;
+    }
     if (zmq_connect(c->sock, c->endpoint) != 0) {
         svh_set_error(SVH_EIO, "cannot connect to the aggregator at %s: %s", c->endpoint, zmq_strerror(zmq_errno()));
         free(red);
@@ -1145,9 +1249,15 @@ int svh_log_many(svh_client *c, size_t n, const char **names, const double *valu
                                  "( ) %%",
                                  names[k]);
     }
+    if (step == INT64_MAX) /* the aggregator's marker for "every step" */
+        return svh_set_error(SVH_EINVAL, "step must be at most %" PRId64 " (int64), got %" PRId64, INT64_MAX - 1, step);
     int64_t t = svh_time_ns();
     int wake = 0;
     pthread_mutex_lock(&c->mu);
+    if (step < 0 && c->next_step == INT64_MAX) {
+        pthread_mutex_unlock(&c->mu);
+        return svh_set_error(SVH_EINVAL, "the default step would pass the largest int64 step %" PRId64, INT64_MAX - 1);
+    }
     if (c->closing) {
         pthread_mutex_unlock(&c->mu);
         return svh_set_error(SVH_ECLOSED, "this run is closed");

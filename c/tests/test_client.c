@@ -481,6 +481,8 @@ static void test_basic(void) {
     CHECK(svh_log_many(h, 2, mixed, values, 0) == SVH_EINVAL); /* all or nothing */
     CHECK(svh_log(h, NULL, 1.0, 0) == SVH_EINVAL);
     CHECK(svh_log(NULL, "x", 1.0, 0) == SVH_EINVAL);
+    CHECK(svh_log(h, "m.auto", 1.0, INT64_MAX) == SVH_EINVAL); /* the aggregator's "every step" marker */
+    CHECK(strstr(svh_last_error(), "int64") != NULL);
     uint64_t sent, dropped, buffered;
     svh_counters(h, &sent, &dropped, &buffered);
     CHECK(sent + buffered == 10004 && dropped == 0);

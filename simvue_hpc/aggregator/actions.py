@@ -38,6 +38,18 @@ class AppendMetrics:
     value: np.ndarray
     late: bool = False
 
+    @classmethod
+    def series(cls, values: dict[str, float], step: int, time_us: int) -> AppendMetrics:
+        """One point per name, all at ``step`` and ``time_us``."""
+        n = len(values)
+        return cls(
+            names=list(values),
+            name_id=np.arange(n, dtype=np.uint32),
+            step=np.full(n, step, dtype=np.int64),
+            time_us=np.full(n, time_us, dtype=np.int64),
+            value=np.array(list(values.values()), dtype=np.float64),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FileWrite:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,14 +23,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
 from .. import transport
 from ..config import HPCSettings, ServerSettings
-from ..errors import ProtocolError, StoreError, TransportError
-from ..protocol import decode, encode
+from ..errors import ProtocolError, StoreError, StoreFull, TransportError
+from ..protocol import GoodbyeAck, Reject, decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
 from .actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
@@ -55,12 +56,13 @@ class AggregatorSpec:
     settings: HPCSettings = field(default_factory=HPCSettings)
     reductions: dict[str, list[str]] = field(default_factory=dict)
     server: ServerSettings | None = field(default=None, repr=False)  # None: offline; holds the token
+    curve_secret: str = field(default="", repr=False)  # the aggregator's CURVE key (transport.new_credentials)
 
     def to_json(self) -> str:
         """The spec as one JSON line for the child process (it holds the secret and the token)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["settings"] = self.settings.to_dict()
-        data["server"] = None if self.server is None else asdict(self.server)
+        data["server"] = None if self.server is None else self.server.to_dict()
         return json.dumps(data)
 
     @classmethod
@@ -68,7 +70,7 @@ class AggregatorSpec:
         """The inverse of :meth:`to_json`; the settings are validated again."""
         data = json.loads(text)
         data["settings"] = HPCSettings(**data["settings"])
-        data["server"] = None if data["server"] is None else ServerSettings(**data["server"])
+        data["server"] = None if data["server"] is None else ServerSettings.from_dict(data["server"])
         return cls(**data)
 
 
@@ -84,6 +86,7 @@ class AggregatorService:
         self._store: RunWriter | None = None
         self._sinks: dict[str, FileSink] = {}
         self._out_seq: dict[bytes, int] = {}
+        self._store_full = False  # the disk under the store is full: the run keeps nothing more
         self.endpoint = ""
         self.status: str | None = None
         self._hostname = socket.gethostname()
@@ -98,7 +101,11 @@ class AggregatorService:
         """Bind the socket and create the store; errors surface here, in the caller."""
         transport.raise_fd_limit(self.spec.expected_ranks)
         self._ctx = transport.context()
-        self._sock, self.endpoint = transport.bind_router(self._ctx, kind, self.spec.run_id)
+        limits = transport.Limits.from_settings(self.settings)
+        spec = self.spec
+        self._sock, self.endpoint = transport.bind_router(
+            self._ctx, kind, spec.run_id, secret=spec.secret, server_key=spec.curve_secret, limits=limits
+        )
         try:
             self._store = RunWriter.create(Path(self.spec.root), self.spec.run_id)
             self._store.append(RecordType.RUN, dict(self.spec.run))
@@ -150,15 +157,15 @@ class AggregatorService:
                         try:
                             seq, message = decode(body)
                         except ProtocolError as exc:
-                            self._perform(state, state.protocol_error(identity, str(exc)))
+                            self._perform(state, state.protocol_error(identity, str(exc), now))
                             continue
                         try:
                             self._perform(state, state.handle(identity, seq, message, now))
                         except (StoreError, OSError):
                             raise  # the store is broken: nothing more can be kept
                         except Exception as exc:  # one bad message must not end the run for everyone
-                            log.exception("message %s from %r could not be applied", type(message).__name__, identity)
-                            self._perform(state, state.protocol_error(identity, f"{type(exc).__name__}: {exc}"))
+                            log.debug("message %s from %r not applied", type(message).__name__, identity, exc_info=True)
+                            self._perform(state, state.protocol_error(identity, f"{type(exc).__name__}: {exc}", now))
                 if control_fd is not None and control_fd in events and not _read_or_eof(control_fd):
                     log.info("the host process is gone; closing once the other ranks have")
                     poller.unregister(control_fd)
@@ -183,15 +190,20 @@ class AggregatorService:
                 if now >= next_tick:
                     self._perform(state, state.tick(now))
                     next_tick = state.next_deadline(now)
-                    self._store.flush()
+                    self._write(state, self._store.flush)
                 if now >= sync_at:
-                    self._store.sync()
+                    self._write(state, self._store.sync)
                     sync_at = now + SYNC_INTERVAL
                     self._check_local_ranks(state)
         finally:
             for sink in self._sinks.values():
                 sink.abort()
-            self._store.close()
+            try:
+                self._store.close()
+            except (StoreError, OSError) as exc:
+                if not _disk_full(exc):
+                    raise
+                log.error("the run's last records could not be written: %s", exc)
             transport.close(self._sock, linger_ms=200)
             self._ctx.term()
             if self._upload is not None:
@@ -200,12 +212,19 @@ class AggregatorService:
         return self.status or "failed"
 
     def _check_local_ranks(self, state: AggregatorState) -> None:
-        """Ranks on this host whose process has exited are lost at once. Only a pid once seen alive
-        counts: a rank in another pid namespace (a container) may share the host name."""
-        for identity, pid in state.live_pids_on(self._hostname).items():
-            if _pid_alive(pid):
-                self._seen_alive.add(identity)
-            elif identity in self._seen_alive:
+        """Ranks on this host whose process has exited (a zombie, or its pid reused) are lost at once.
+        A rank that did not say its start time and pid namespace, or lives in another namespace (a
+        container may share the host name), counts only once its pid was seen alive."""
+        live = state.live_pids_on(self._hostname)
+        self._seen_alive &= live.keys()
+        for identity, (pid, start_time, pid_ns) in live.items():
+            gone = process_gone(pid, start_time, pid_ns)
+            if gone is None:
+                if _pid_alive(pid):
+                    self._seen_alive.add(identity)
+                    continue
+                gone = identity in self._seen_alive
+            if gone:
                 self._perform(state, state.process_exited(identity))
 
     def record_event(self, message: str, level: str = "info") -> None:
@@ -225,14 +244,23 @@ class AggregatorService:
         assert self._store is not None
         for action in actions:
             if isinstance(action, AppendMetrics):
-                self._store.append_metrics(
-                    action.names, action.name_id, action.step, action.time_us, action.value, late=action.late
-                )
+                if not self._store_full:
+                    self._write(
+                        state,
+                        self._store.append_metrics,
+                        action.names,
+                        action.name_id,
+                        action.step,
+                        action.time_us,
+                        action.value,
+                        action.late,
+                    )
             elif isinstance(action, Append):
-                self._store.append(action.type, action.payload)
+                self._write(state, self._store.append, action.type, action.payload)
             elif isinstance(action, Reply):
-                seq = self._out_seq.get(action.identity, 0)
-                self._out_seq[action.identity] = seq + 1
+                seq = self._out_seq.pop(action.identity, 0)
+                if not isinstance(action.message, (Reject, GoodbyeAck)):  # the link's last word: forget it
+                    self._out_seq[action.identity] = seq + 1
                 transport.send(self._sock, [action.identity, *encode(action.message, seq)])
             elif isinstance(action, FileWrite):
                 self._file_write(state, action)
@@ -243,8 +271,29 @@ class AggregatorService:
             elif isinstance(action, Finish):
                 self.status = action.status
 
+    def _write(self, state: AggregatorState, write: Callable[..., Any], *args: Any) -> None:
+        """One write to the store; a full disk stops the run (once) instead of ending the loop."""
+        try:
+            write(*args)
+            return
+        except (StoreError, OSError) as exc:
+            if not _disk_full(exc):
+                raise
+            why = str(exc)
+        self._disk_is_full(state, why)  # outside the handler: the failed write's frames are gone
+
+    def _disk_is_full(self, state: AggregatorState, why: str) -> None:
+        if not self._store_full:
+            self._store_full = True
+            log.error("%s: the run stops accepting data", why)
+            self._perform(state, state.stop("disk full", self._clock()))
+
     def _file_write(self, state: AggregatorState, action: FileWrite) -> None:
         assert self._store is not None
+        if self._store_full:
+            self._sinks.pop(action.sha256, None)
+            self._perform(state, state.file_done(action.sha256, False, "disk full"))
+            return
         try:
             sink = self._sinks.get(action.sha256)
             if sink is None:
@@ -254,11 +303,45 @@ class AggregatorService:
                 return
             del self._sinks[action.sha256]
             sink.commit()
-        except (StoreError, ValueError) as exc:
+        except (StoreError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and not _disk_full(exc):
+                raise
             self._sinks.pop(action.sha256, None)
-            self._perform(state, state.file_done(action.sha256, False, str(exc)))
+            why, full = str(exc), _disk_full(exc)
+        else:
+            self._perform(state, state.file_done(action.sha256, True))
             return
-        self._perform(state, state.file_done(action.sha256, True))
+        self._perform(state, state.file_done(action.sha256, False, why))
+        if full:
+            self._disk_is_full(state, why)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """The store's disk (or quota) is full: StoreFull, or ENOSPC/EDQUOT (itself or as the cause)."""
+    if isinstance(exc, StoreFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return exc is not None and _disk_full(exc.__cause__)
+
+
+def process_gone(pid: int, start_time: int, pid_ns: int) -> bool | None:
+    """Whether the process a rank described (pid, start time in clock ticks since boot, pid namespace
+    inode) is gone: exited, a zombie, or its pid now another process's. None when this process cannot
+    tell: the rank did not say, or its pid namespace is not ours."""
+    if not start_time or not pid_ns:
+        return None
+    try:
+        if os.stat("/proc/self/ns/pid").st_ino != pid_ns:
+            return None
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return fields[0] in (b"Z", b"X") or int(fields[19]) != start_time
 
 
 def _pid_alive(pid: int) -> bool:
@@ -347,6 +430,7 @@ class ProcessHost:
             raise TransportError(f"the aggregator process did not start: {reason}")
         self.endpoint: str = answer["endpoint"]
         self.uploaded: bool | None = None
+        self._run_id = spec.run_id
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -366,6 +450,8 @@ class ProcessHost:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self.endpoint.startswith("ipc://"):
+            transport.remove_ipc_file(self._run_id)  # left behind if the child was killed
         if answer:
             self.uploaded = answer.get("uploaded")
         return answer.get("status") if answer else None

@@ -73,3 +73,31 @@ class ResourceRollup:
                     values[f"resources/{host}/gpu.utilisation.memory.{index}"] = gmem
         self._step += 1
         return self._step - 1, values
+
+
+class LiveRanks:
+    """The number of live ranks as the aggregator's own metric: only in runs of several ranks, at most
+    once per heartbeat interval (and once at the end), and only when it changed."""
+
+    def __init__(self, interval: float, now: float) -> None:
+        self._interval = interval
+        self._due = now
+        self._dirty = False
+        self._reported = 0
+        self._step = 0
+
+    def changed(self) -> None:
+        """A rank joined, closed, was lost or came back."""
+        self._dirty = True
+
+    def take(self, now: float, live: int, several: bool, final: bool = False) -> tuple[int, float] | None:
+        """The point to record now, (step, live ranks), if any; ``several``: the run has several ranks."""
+        if not self._dirty or not several or (now < self._due and not final):
+            return None
+        self._dirty = False
+        if live == self._reported:
+            return None
+        self._reported = live
+        self._step += 1
+        self._due = now + self._interval
+        return self._step - 1, float(live)

@@ -13,14 +13,11 @@ is stored), files to :mod:`.files` and resource reports to :mod:`.rollup`.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from ..alerts import AlertEvaluator, Transition
 from ..config import HPCSettings
@@ -45,16 +42,30 @@ from ..protocol import (
     Welcome,
 )
 from ..records import RecordType
+from ..relay.wire import PartialBatch
 from .actions import Action, Append, AppendMetrics, Finish, Reply
+from .admission import Admission
 from .files import FileTransfers
 from .finality import StepFinality
 from .peers import CLOSED, LIVE, LOST, Peer, Roster
 from .reduce import Reduction
-from .rollup import ResourceRollup
+from .rollup import LiveRanks, ResourceRollup
 
 log = logging.getLogger(__name__)
 
 LIVE_RANKS = "simvue_hpc/live_ranks"  # the aggregator's metric of how many ranks are live
+COUNTERS = (
+    "points_received",
+    "points_stored",
+    "late_points",
+    "events",
+    "messages_lost",
+    "dropped_points",
+    "protocol_errors",
+    "points_over_bounds",  # dropped past a bound: max_metrics, max_open_steps, the step range
+    "peers_refused",  # ranks refused past peer_margin / max_peers
+    "points_after_stop",  # arrived after the run stopped accepting data (a full disk)
+)
 
 _Handler = Callable[[Peer, Any, float, list[Action]], None]
 
@@ -79,36 +90,31 @@ class AggregatorState:
         self.config = config
         self._settings = config.settings
         self._wall_ns = wall_ns
-        self.counters = {
-            "points_received": 0,
-            "points_stored": 0,
-            "late_points": 0,
-            "events": 0,
-            "messages_lost": 0,
-            "dropped_points": 0,
-            "protocol_errors": 0,
-        }
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self._roster = Roster(config.expected_ranks)
-        self._steps = StepFinality(self._roster, self._settings.step_timeout, config.reductions, self.counters)
+        self._steps = StepFinality(self._roster, self._settings, config.reductions, self.counters)
         self._files = FileTransfers()
         self._resources = ResourceRollup(self._settings.system_metrics_interval, now)
         self._alerts = AlertEvaluator()
-        self._rejected: set[bytes] = set()
-        self._ending: dict[str, list[str]] = {}  # failed / terminated -> who said so and why
-        self._closing_since: float | None = None
-        self._close_deadline: float | None = None
+        self._admission = Admission(
+            config.secret, config.expected_ranks, config.host_rank, self._settings, self._roster, self.counters
+        )
+        self._ending: set[str] = set()  # failed, terminated: what decides the final status
+        self._close_deadline: float | None = None  # None: not closing
         self.finished = False
         self.aborted: str | None = None
-        self._live_reported = 0
-        self._live_step = 0
+        self.stopped: str | None = None  # why the run no longer accepts data
+        self._silence_due = now
+        self._live = LiveRanks(self._settings.heartbeat_interval, now)
         self._handlers: dict[type[Message], _Handler] = {
             MetricBatch: self._on_metrics,
+            PartialBatch: self._on_partials,
             Resources: self._on_resources,
             Event: self._on_event,
             Heartbeat: self._on_heartbeat,
             Goodbye: self._on_goodbye,
-            FileOffer: self._on_file_offer,
-            FileChunk: self._on_file_chunk,
+            FileOffer: lambda peer, msg, now, out: self._files.offer(peer.identity, peer.rank, peer.host, msg, out),
+            FileChunk: lambda peer, msg, now, out: self._files.chunk(peer.identity, msg, out),
             RunUpdate: self._on_run_update,
             FolderDetails: self._on_folder,
             AlertDefinition: self._on_alert_definition,
@@ -128,35 +134,36 @@ class AggregatorState:
             return out
         peer = self._roster.get(identity)
         if peer is None:
-            if identity not in self._rejected:
-                self._rejected.add(identity)
-                out.append(Reply(identity, Reject("send HELLO first")))
+            self._admission.stranger(identity, out)
             return out
-        self._sequence(peer, seq, out)
+        gap = peer.sequence(seq)
+        if gap:
+            self.counters["messages_lost"] += gap
+            self._event(f"{gap} message(s) from rank {peer.rank} on {peer.host} lost in transit", "warning", out)
         peer.last_seen = now
         if peer.state == LOST:
-            peer.state = LIVE
+            self._roster.set_state(peer, LIVE)
             self._record_rank(peer, "joined", out, returned=True)
             self._event(f"rank {peer.rank} on {peer.host} is back", "warning", out)
-            self._live_changed(out)
+            self._live_changed(peer)
         handler = self._handlers.get(type(msg))
         if handler is None:
             self.counters["protocol_errors"] += 1
-            log.warning("rank %d sent %s, which ranks do not send", peer.rank, type(msg).__name__)
+            self._complain(identity, peer, f"{{}} sent {type(msg).__name__}, which ranks do not send", now, out)
         else:
             handler(peer, msg, now, out)
+            self._notes(out)
         return out
 
-    def protocol_error(self, identity: bytes, reason: str) -> list[Action]:
-        """A message from ``identity`` could not be decoded: counted and answered, never fatal."""
+    def protocol_error(self, identity: bytes, reason: str, now: float) -> list[Action]:
+        """A message from ``identity`` could not be decoded or applied: counted and answered, never fatal;
+        reported at most once a minute per peer."""
         self.counters["protocol_errors"] += 1
         peer = self._roster.get(identity)
-        who = f"rank {peer.rank}" if peer else "an unknown peer"
-        log.warning("undecodable message from %s: %s", who, reason)
-        if peer is None:
-            return [Reply(identity, Reject(reason))]
         out: list[Action] = []
-        self._event(f"undecodable message from rank {peer.rank} on {peer.host}: {reason}", "warning", out)
+        if peer is None:
+            out.append(Reply(identity, Reject(reason)))
+        self._complain(identity, peer, f"undecodable message from {{}}: {reason}", now, out)
         return out
 
     def set_status(
@@ -165,8 +172,7 @@ class AggregatorState:
         """A rank, the host or the sidecar sets the run's status: ``failed`` or ``terminated`` decide the
         final status (terminated over failed over completed); every status is recorded as given."""
         if status in ("failed", "terminated"):
-            where = f"rank {rank} on {host}: " if rank is not None else ""
-            self._ending.setdefault(status, []).append(f"{where}{reason}")
+            self._ending.add(status)
         payload = {"status": status, "time_us": self._wall_ns() // 1000, "rank": rank, "reason": reason}
         return [Append(RecordType.STATUS, payload)]
 
@@ -181,8 +187,6 @@ class AggregatorState:
     def begin_close(self, now: float, timeout: float | None = None) -> None:
         """Start the closing countdown (the host said goodbye, died, or the sidecar's command ended);
         the other ranks get ``timeout`` (default ``close_timeout``) to say goodbye."""
-        if self._closing_since is None:
-            self._closing_since = now
         deadline = now + (self._settings.close_timeout if timeout is None else timeout)
         self._close_deadline = deadline if self._close_deadline is None else min(self._close_deadline, deadline)
 
@@ -215,30 +219,47 @@ class AggregatorState:
         out.extend(Reply(peer.identity, Notice("abort", reason)) for peer in self._roster.live())
         return out
 
+    def stop(self, reason: str, now: float) -> list[Action]:
+        """The run can keep nothing more (the store's disk is full): it fails with ``reason``, every rank
+        is told (``Notice("stopped")``: its next call raises), later points are dropped and counted, and
+        the run closes once the ranks have said goodbye."""
+        if self.stopped is not None or self.finished:
+            return []
+        self.stopped = reason
+        log.error("the run stopped accepting data: %s", reason)
+        out = self.set_status("failed", reason)
+        out.extend(Reply(peer.identity, Notice("stopped", reason)) for peer in self._roster.live())
+        self.begin_close(now)
+        return out
+
     def tick(self, now: float) -> list[Action]:
         """Timers: lost ranks, final steps, alerts, resources, the end of the run."""
         out: list[Action] = []
         if self.finished:
             return out
-        for peer in list(self._roster.live()):
-            if now - peer.last_seen > self._settings.rank_timeout:
-                self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
+        if now >= self._silence_due:  # a scan of the ranks, a few times per rank_timeout
+            self._silence_due = now + min(1.0, self._settings.rank_timeout / 10)
+            for peer in list(self._roster.live()):
+                if now - peer.last_seen > self._settings.rank_timeout:
+                    self._lose(peer, f"silent for {now - peer.last_seen:.0f} s", out)
         self._store_final(now, out, final=False)
+        self._record_live(now, out)
         for transition in self._alerts.evaluate(self._wall_ns() // 1000):
             self._transition(transition, out)
         if self._resources.due(now):
             rolled = self._resources.roll_up(now, self._live_host)
             if rolled is not None:
                 self._series(rolled[1], rolled[0], out)
-        if self._closing_since is not None and self._close_deadline is not None:
-            done = not any(True for _ in self._roster.live()) and self._roster.all_joined()
+        if self._close_deadline is not None:
+            done = self._roster.live_count == 0 and self._roster.all_joined()
             if done or now >= self._close_deadline:
                 self._finish(now, out)
         return out
 
-    def live_pids_on(self, host: str) -> dict[bytes, int]:
-        """Live ranks on ``host`` (the aggregator's own), so the loop can see which have exited."""
-        return {p.identity: p.pid for p in self._roster.live() if p.host == host}
+    def live_pids_on(self, host: str) -> dict[bytes, tuple[int, int, int]]:
+        """Live ranks on ``host`` (the aggregator's own) as (pid, start time, pid namespace), so the loop
+        can see which have exited."""
+        return {p.identity: (p.pid, p.start_time, p.pid_ns) for p in self._roster.live() if p.host == host}
 
     def process_exited(self, identity: bytes) -> list[Action]:
         """The process of a live rank on this host has exited without a goodbye: lost now, rather
@@ -263,7 +284,7 @@ class AggregatorState:
     # ------------------------------------------------------------------------------------------ queries
     @property
     def closing(self) -> bool:
-        return self._closing_since is not None
+        return self._close_deadline is not None
 
     def next_deadline(self, now: float) -> float:
         """Latest time the loop may wait before calling :meth:`tick` again."""
@@ -275,51 +296,43 @@ class AggregatorState:
 
     # ------------------------------------------------------------------------------------------ messages
     def _hello(self, identity: bytes, seq: int, msg: Hello, now: float, out: list[Action]) -> None:
-        if not hmac.compare_digest(msg.secret.encode(), self.config.secret.encode()):
-            out.append(Reply(identity, Reject("wrong secret for this run")))
+        rank = self._admission.admit(identity, msg, out)
+        self._notes(out)
+        if rank is None:
             return
-        rank = msg.rank
-        existing = self._roster.by_rank.get(rank) if rank >= 0 else None
-        if existing is not None and existing.identity != identity and existing.state == LIVE:
-            reason = (
-                f"rank {rank} is already connected from {existing.host} (pid {existing.pid}): "
-                "are all ranks of this job seeing a world of size 1?"
-            )
-            out.append(Reply(identity, Reject(reason)))
-            return
-        if rank < 0:
-            # Past the world when there is one; from 1 in a pool (the parent is 0); from 0 under a
-            # sidecar, which is no rank itself.
-            floor = self.config.expected_ranks or (0 if self.config.host_rank is None else 1)
-            rank = max([floor - 1, *self._roster.by_rank]) + 1
-        peer = Peer(identity, rank, msg.host, msg.pid, last_seen=now, next_seq=seq + 1)
-        self._roster.add(peer)
-        self._rejected.discard(identity)
-        for name, spec in msg.reductions.items():
-            try:
-                reduction = Reduction.parse(name, spec)
-            except ValueError as exc:
-                self._event(f"rank {rank}: ignored reduction: {exc}", "warning", out)
-                continue
-            self._steps.set_reduction(name, reduction)
+        peer = Peer(identity, rank, msg.host, msg.pid, now, seq + 1, start_time=msg.start_time, pid_ns=msg.pid_ns)
+        for gone in self._roster.add(peer):
+            if gone.rank != rank:
+                self._steps.set_live(gone.rank, False)
+        self._steps.joined(rank)
+        for problem in self._steps.request_reductions(msg.reductions):
+            self._event(f"rank {rank}: ignored reduction: {problem}", "warning", out)
         self._record_rank(peer, "joined", out)
-        out.append(Reply(identity, Welcome(rank, self.config.run_id, self.config.run_name)))
+        welcome = Welcome(rank, self.config.run_id, self.config.run_name, self._admission.flush_interval())
+        out.append(Reply(identity, welcome))
         if self.aborted is not None:
             out.append(Reply(identity, Notice("abort", self.aborted)))
-        self._live_changed(out)
-
-    def _sequence(self, peer: Peer, seq: int, out: list[Action]) -> None:
-        gap = (seq - peer.next_seq) & 0xFFFFFFFF
-        if gap and gap < 0x80000000:
-            self.counters["messages_lost"] += gap
-            self._event(f"{gap} message(s) from rank {peer.rank} on {peer.host} lost in transit", "warning", out)
-        peer.next_seq = (seq + 1) & 0xFFFFFFFF
+        if self.stopped is not None:
+            out.append(Reply(identity, Notice("stopped", self.stopped)))
+        self._live_changed(peer)
 
     def _on_metrics(self, peer: Peer, batch: MetricBatch, now: float, out: list[Action]) -> None:
         n = len(batch.value)
         peer.received_points += n
         self.counters["points_received"] += n
-        self._steps.ingest(peer, batch, now)
+        if self.stopped is not None:
+            self.counters["points_after_stop"] += n
+            return
+        self._steps.ingest(peer.rank, batch, now)
+
+    def _on_partials(self, peer: Peer, batch: PartialBatch, now: float, out: list[Action]) -> None:
+        """A node relay's pre-reduced points (relay/): its ranks count as joined, its rows are merged."""
+        for problem in self._steps.request_reductions(batch.reductions):
+            self._event(f"rank {peer.rank} (a node relay): ignored reduction: {problem}", "warning", out)
+        self._roster.relayed[peer.rank] = batch.ranks
+        n = self._steps.ingest_partials(peer.rank, batch, now)
+        peer.received_points += n
+        self.counters["points_received"] += n
 
     def _on_resources(self, peer: Peer, msg: Resources, now: float, out: list[Action]) -> None:
         self._resources.observe(peer.identity, msg, now)
@@ -339,7 +352,7 @@ class AggregatorState:
         if peer.state == CLOSED:  # a repeated goodbye: acknowledge again, count nothing twice
             out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
             return
-        peer.state = CLOSED
+        self._roster.set_state(peer, CLOSED)
         peer.sent_points = msg.sent_points
         peer.dropped_points = msg.dropped_points
         self.counters["dropped_points"] += msg.dropped_points
@@ -360,15 +373,9 @@ class AggregatorState:
             self._event(f"{who} sent {msg.sent_points} point(s), {peer.received_points} arrived", "warning", out)
         out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
         self._files.forget(peer.identity, out)
-        self._live_changed(out)
+        self._live_changed(peer)
         if self.config.host_rank is not None and peer.rank == self.config.host_rank:
             self.begin_close(now)
-
-    def _on_file_offer(self, peer: Peer, msg: FileOffer, now: float, out: list[Action]) -> None:
-        self._files.offer(peer.identity, peer.rank, peer.host, msg, out)
-
-    def _on_file_chunk(self, peer: Peer, msg: FileChunk, now: float, out: list[Action]) -> None:
-        self._files.chunk(peer.identity, msg, out)
 
     def _on_run_update(self, peer: Peer, msg: RunUpdate, now: float, out: list[Action]) -> None:
         update = {k: v for k, v in msg.body().items() if v is not None}
@@ -380,11 +387,12 @@ class AggregatorState:
 
     def _on_alert_definition(self, peer: Peer, msg: AlertDefinition, now: float, out: list[Action]) -> None:
         try:
-            self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
+            new = self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
         except ValueError as exc:
             self._event(f"alert from rank {peer.rank} not evaluated: {exc}", "warning", out)
         else:
-            out.append(Append(RecordType.ALERT, dict(msg.definition)))
+            if new:  # every rank may define it: recorded, and registered with the server, once
+                out.append(Append(RecordType.ALERT, dict(msg.definition)))
 
     def _on_alert_state(self, peer: Peer, msg: AlertState, now: float, out: list[Action]) -> None:
         try:
@@ -403,6 +411,23 @@ class AggregatorState:
         peer = self._roster.get(identity)
         return peer.host if peer is not None and peer.state == LIVE else None
 
+    def _complain(self, identity: bytes, peer: Peer | None, text: str, now: float, out: list[Action]) -> None:
+        """A peer's protocol error, logged (and for a rank, recorded as an event) at most once a minute;
+        ``text`` has ``{}`` where the peer is named."""
+        more = self._admission.report(identity, now)
+        if more is None:
+            return
+        if peer is None:
+            log.warning("%s%s", text.format("an unknown peer"), more)
+        else:
+            self._event(text.format(f"rank {peer.rank} on {peer.host}") + more, "warning", out)
+
+    def _notes(self, out: list[Action]) -> None:
+        """Bounds passed for the first time, recorded as warning events."""
+        for notes in (self._admission.notes, self._steps.bounds_passed):
+            while notes:
+                self._event(notes.pop(0), "warning", out)
+
     def _record_rank(self, peer: Peer, state: str, out: list[Action], **extra: Any) -> None:
         payload = {"rank": peer.rank, "host": peer.host, "pid": peer.pid, "state": state}
         out.append(Append(RecordType.RANK, {**payload, "time_us": self._wall_ns() // 1000, **extra}))
@@ -416,15 +441,16 @@ class AggregatorState:
         out.append(Append(RecordType.EVENT, {**payload, "level": level}))
 
     def _lose(self, peer: Peer, why: str, out: list[Action]) -> None:
-        peer.state = LOST
+        self._roster.set_state(peer, LOST)
         self._record_rank(peer, "lost", out)
         self._event(f"rank {peer.rank} on {peer.host} lost: {why}", "warning", out)
         self._files.forget(peer.identity, out)
-        self._live_changed(out)
+        self._live_changed(peer)
 
     def _store_final(self, now: float, out: list[Action], final: bool) -> None:
         for action in self._steps.reduce(now, final):
             self._append_metrics(action, out)
+        self._notes(out)
 
     def _append_metrics(self, action: AppendMetrics, out: list[Action]) -> None:
         """Store reduced points; the alerts see exactly what is stored."""
@@ -433,22 +459,17 @@ class AggregatorState:
 
     def _series(self, values: dict[str, float], step: int, out: list[Action]) -> None:
         """One point per name at ``step``, now: the aggregator's own metrics (live ranks, resources)."""
-        n = len(values)
-        action = AppendMetrics(
-            names=list(values),
-            name_id=np.arange(n, dtype=np.uint32),
-            step=np.full(n, step, dtype=np.int64),
-            time_us=np.full(n, self._wall_ns() // 1000, dtype=np.int64),
-            value=np.array(list(values.values()), dtype=np.float64),
-        )
-        self._append_metrics(action, out)
+        self._append_metrics(AppendMetrics.series(values, step, self._wall_ns() // 1000), out)
 
-    def _live_changed(self, out: list[Action]) -> None:
-        live = sum(1 for _ in self._roster.live())
-        if live != self._live_reported:
-            self._live_reported = live
-            self._series({LIVE_RANKS: float(live)}, self._live_step, out)
-            self._live_step += 1
+    def _live_changed(self, peer: Peer) -> None:
+        self._steps.set_live(peer.rank, peer.state == LIVE)
+        self._live.changed()
+
+    def _record_live(self, now: float, out: list[Action], final: bool = False) -> None:
+        several = (self.config.expected_ranks or 0) > 1 or len(self._roster.by_rank) > 1
+        point = self._live.take(now, self._roster.live_count, several, final)
+        if point is not None:
+            self._series({LIVE_RANKS: point[1]}, point[0], out)
 
     def _transition(self, transition: Transition, out: list[Action]) -> None:
         """An alert changed state: an event and an ALERT_STATE record; an abort if it asks for one."""
@@ -466,15 +487,13 @@ class AggregatorState:
 
     def _finish(self, now: float, out: list[Action]) -> None:
         self._store_final(now, out, final=True)
-        missing = sorted(p.rank for p in self._roster.live())
+        self._record_live(now, out, final=True)
+        missing, never = self._roster.unfinished()
         for rank in missing:
             self._record_rank(self._roster.by_rank[rank], "missing", out)
-        never = []
-        if self.config.expected_ranks is not None:
-            never = [r for r in range(self.config.expected_ranks) if r not in self._roster.by_rank]
-            for rank in never:
-                payload = {"rank": rank, "host": None, "pid": None, "state": "missing"}
-                out.append(Append(RecordType.RANK, {**payload, "time_us": self._wall_ns() // 1000, "joined": False}))
+        for rank in never:
+            payload = {"rank": rank, "host": None, "pid": None, "state": "missing"}
+            out.append(Append(RecordType.RANK, {**payload, "time_us": self._wall_ns() // 1000, "joined": False}))
         lost = sorted(p.rank for p in self._roster if p.state == LOST)
         if missing or never:
             self._event(f"closed without a goodbye from rank(s) {sorted(missing + never)}", "warning", out)

@@ -167,13 +167,13 @@ class AlertEvaluator:
         self._now_us = _NEVER  # the latest evaluate() time
 
     # ------------------------------------------------------------------------------ definitions
-    def add(self, definition: Mapping[str, Any], now_us: int | None = None) -> None:
+    def add(self, definition: Mapping[str, Any], now_us: int | None = None) -> bool:
         """Add an alert (a definition as the builders make it; validated again here).
 
         Its first evaluation is due one ``frequency`` after ``now_us``; without ``now_us``, one frequency
-        after the next :meth:`evaluate`. Adding an
-        identical definition again changes nothing; a different one with the same name is a
-        ConfigurationError: alert names are unique within a run.
+        after the next :meth:`evaluate`. Adding an identical definition again changes nothing (returns
+        False; True when the alert is new); a different one with the same name is a ConfigurationError:
+        alert names are unique within a run.
         """
         canonical = validate_definition(definition)
         when = None if now_us is None else _time("now_us", now_us)
@@ -184,7 +184,7 @@ class AlertEvaluator:
                 raise ConfigurationError(
                     f"alert {name!r} is already defined differently in this run (alert names are unique)"
                 )
-            return
+            return False
         alert = _Alert(canonical, when)
         self._alerts[name] = alert
         if alert.source == "metrics":
@@ -193,6 +193,7 @@ class AlertEvaluator:
                 self._series[alert.metric] = _Series(alert.window_us)
             else:
                 series.window_us = max(series.window_us, alert.window_us)
+        return True
 
     # ------------------------------------------------------------------------------ observations
     def observe_metrics(self, names: list[str], name_id: np.ndarray, time_us: np.ndarray, value: np.ndarray) -> None:

@@ -265,14 +265,19 @@ class SimvueClient:
     def _put(self, *segments: str, payload: Any = None) -> Any:
         return self._request("PUT", self._url(*segments), json=payload)
 
-    def _create(self, *segments: str, payload: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        data = self._request("POST", self._url(*segments), json=payload, params=params, conflict_ok=True)
+    def _create(
+        self, *segments: str, payload: Any, params: Mapping[str, Any] | None = None, idempotent: bool = True
+    ) -> dict[str, Any]:
+        data = self._request(
+            "POST", self._url(*segments), json=payload, params=params, conflict_ok=True, idempotent=idempotent
+        )
         if not isinstance(data, dict) or not data.get("id"):
             raise ServerError(f"POST {self._url(*segments)} answered without an id")
         return data
 
     def _post_msgpack(self, path: str, body: dict[str, Any]) -> None:
-        self._request("POST", self._url(path), data=_pack(body), headers={"Content-Type": "application/msgpack"})
+        headers = {"Content-Type": "application/msgpack"}
+        self._request("POST", self._url(path), data=_pack(body), headers=headers, idempotent=False)
 
     # --- the API -------------------------------------------------------------------------------------
 
@@ -323,8 +328,34 @@ class SimvueClient:
         self._put("folders", folder_id, payload=details)
 
     def create_run(self, body: dict[str, Any]) -> str:
-        """Create a run (``POST /runs``, body as in the API document); return its id."""
-        return str(self._create("runs", payload=body)["id"])
+        """Create a run (``POST /runs``, body as in the API document); return its id.
+
+        Not repeated after a lost answer (:class:`OutcomeUnknown`): look for the run first
+        (:meth:`find_runs`) so that a second one is never created."""
+        return str(self._create("runs", payload=body, idempotent=False)["id"])
+
+    def find_runs(self, *filters: str, count: int = 100) -> list[dict[str, Any]]:
+        """Runs matching every filter (``GET /runs?filters=[...]``), e.g. ``metadata.key == value``."""
+        params = {"filters": json.dumps(list(filters)), "start": 0, "count": count}
+        data = self._get("runs", params=params)
+        runs = data.get("data") if isinstance(data, dict) else None
+        return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+    def get_metrics(self, run_id: str, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every stored point of the named metrics of a run: ``{name: [{"value", "step", "time",
+        "timestamp"}, ...]}`` (``GET /metrics``); names without points are absent."""
+        params = {"runs": json.dumps([run_id]), "metrics": json.dumps(names), "xaxis": "step"}
+        data = self._get("metrics", params=params)
+        per_metric = data.get(run_id) if isinstance(data, dict) else None
+        return per_metric if isinstance(per_metric, dict) else {}
+
+    def event_count(self, run_id: str) -> int:
+        """How many events the server holds for a run (``GET /events``, the list's ``count``)."""
+        data = self._get("events", params={"run": run_id, "start": 0, "count": 1})
+        count = data.get("count") if isinstance(data, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ServerError(f"GET {self._url('events')} answered without a count")
+        return count
 
     def update_run(self, run_id: str, body: dict[str, Any]) -> None:
         """``PUT /runs/{id}``: status, endtime, metadata (merged), tags, alerts, system, description."""
@@ -345,11 +376,13 @@ class SimvueClient:
         return bool(data.get("status")) if isinstance(data, dict) else False
 
     def post_metrics(self, run_id: str, records: list[dict[str, Any]]) -> None:
-        """One msgpack POST of ``[{"values": {name: number}, "time", "timestamp", "step"}, ...]``."""
+        """One msgpack POST of ``[{"values": {name: number}, "time", "timestamp", "step"}, ...]``; never
+        repeated after a lost answer (:class:`OutcomeUnknown`): read back with :meth:`get_metrics`."""
         self._post_msgpack("metrics", {"run": run_id, "metrics": records})
 
     def post_events(self, run_id: str, events: list[dict[str, Any]]) -> None:
-        """One msgpack POST of ``[{"message", "timestamp", "log_level"}, ...]``."""
+        """One msgpack POST of ``[{"message", "timestamp", "log_level"}, ...]``; never repeated after a
+        lost answer (:class:`OutcomeUnknown`): read back with :meth:`event_count`."""
         self._post_msgpack("events", {"run": run_id, "events": events})
 
     def register_artifact(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,10 @@ Record types and their payload maps (times are int64 microseconds since the Unix
 11    ALERT_STATE name, status ("ok" | "critical"), time_us, message: an alert changed state
 ====  ==========  ==========================================================================
 
+A METRICS record is at most ``MAX_RECORD_BYTES`` (1 MiB, a setting of the writer) unless it
+holds a single point: the writer splits bigger batches into several records, each with the names
+it uses. Other records have no bound of their own.
+
 A record is valid when its length stays inside the file, its CRC matches, its type is one of
 the above and its payload decodes to a map (for METRICS: columns of one length whose name_id
 values index names). Anything else is damage; the reader's docstring says how it is handled.
@@ -83,6 +87,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_RECORD_BYTES",
     "METRIC_COLUMNS",
     "RECORDS_NAME",
     "RECORD_HEADER_SIZE",
@@ -109,6 +114,7 @@ RECORDS_NAME = "records.svr"
 FILES_DIR = "files"
 TMP_PREFIX = ".tmp-"
 MAX_PAYLOAD = 0xFFFFFFFF
+MAX_RECORD_BYTES = 1 << 20  # default bound of a METRICS record, header included: bigger batches are split
 METRIC_COLUMNS = {"name_id": "<u4", "step": "<i8", "time_us": "<i8", "value": "<f8"}
 _BASE62 = string.digits + string.ascii_letters
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -207,7 +213,7 @@ def decode_metrics(payload: Mapping[str, Any], copy: bool = True) -> dict[str, A
 
     With copy=False the arrays are read-only views of the payload's bytes."""
     names = payload["names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, list) or (names and set(map(type, names)) != {str}):
         raise TypeError("names must be a list of strings")
     cols = {key: np.frombuffer(payload[key], dtype=dt) for key, dt in METRIC_COLUMNS.items()}
     if copy:
@@ -221,15 +227,17 @@ def decode_metrics(payload: Mapping[str, Any], copy: bool = True) -> dict[str, A
     return {"names": names, **cols, "late": bool(payload.get("late", False))}
 
 
-def decode_record(offset: int, end: int, code: int, data: bytes | memoryview) -> Record | None:
-    """Decode one CRC-checked record; None if it cannot be (an unknown type or a bad payload)."""
+def decode_record(offset: int, end: int, code: int, data: bytes | memoryview, copy: bool = True) -> Record | None:
+    """Decode one CRC-checked record; None if it cannot be (an unknown type or a bad payload).
+
+    With copy=False a METRICS record's columns are read-only views of its payload."""
     try:
         rtype = RecordType(code)
         payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if not isinstance(payload, dict):
             return None
         if rtype is RecordType.METRICS:
-            payload = decode_metrics(payload)
+            payload = decode_metrics(payload, copy)
     except Exception:  # any decoding failure, whatever msgpack or numpy raise, is a corrupt record
         return None
     return Record(offset, end, rtype, payload)

@@ -1,74 +1,190 @@
-"""Reading a run's record log: records one by one, a run folded into a :class:`RunView`, lookup.
+"""Reading a record log record by record, resynchronising after damage.
 
 Readers never lock: they may run while the aggregator is still appending, and then see a
-consistent prefix of the log. The reader stops, silently, at the first record that is torn or
-corrupt (see :mod:`simvue_hpc.store.format` for what makes a record valid): a run killed
-mid-write keeps every record before the torn one.
+consistent prefix of the log (the writer only appends whole records to the file's end; a record
+still being written is an incomplete record at the end, read later).
+
+Damage
+------
+A record that is not valid (see :mod:`simvue_hpc.store.format`) does not end the log. The reader
+scans forward, byte by byte, for the next offset where a valid record starts: a plausible header
+(a known type, a length that stays inside the file, a payload that starts as a msgpack map), then
+a matching CRC and a decodable payload. Every intact record after the damage is kept, and the
+skipped byte range is reported as a :class:`Damage`. A CRC-32 lets a false start through with a
+probability of 2**-32 per plausible offset. To keep the scan from re-checksumming huge spans of a
+large log, a candidate longer than ``RESYNC_CHECK_BYTES`` is checked only when another plausible
+header (or the end of the file) follows it; a record that long, directly followed by damage to
+the next record's header, is then skipped with the damage. (A log crafted to hold a plausible
+header at every byte could still make the scan slow; the store is private to its user, 0700.)
+
+An incomplete record at the end of the log (its length runs past the end and nothing valid
+follows) is reported too, as ``torn``: a write in progress, or a writer that died mid-record.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import numpy as np
-import numpy.typing as npt
 
-from ..errors import ConfigurationError, RunNotFound, StoreError
+from ..errors import ConfigurationError, StoreError
 from ..records import Record, RecordType
-from .format import HEADER_SIZE, RECORD, RECORD_HEADER_SIZE, RECORDS_NAME, check_header, decode_record
+from .format import HEADER_SIZE, RECORD, RECORD_HEADER_SIZE, check_header, decode_record
 
-__all__ = ["MetricSeries", "RunView", "find_run", "list_runs", "load_run", "read_records"]
+__all__ = ["INCOMPLETE", "Damage", "read_records"]
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class MetricSeries:
-    """Every point of one metric, in record order."""
-
-    step: npt.NDArray[np.int64]
-    time_us: npt.NDArray[np.int64]
-    value: npt.NDArray[np.float64]
-    late: int = 0  # points that came in records flagged late
-
-    def __len__(self) -> int:
-        return len(self.step)
+INCOMPLETE = "incomplete record at the end"
+BAD_LENGTH = "bad record length"
+BAD_CRC = "checksum mismatch"
+BAD_TYPE = "unknown record type"
+BAD_PAYLOAD = "undecodable payload"
+RESYNC_CHECK_BYTES = 1 << 20
+_BLOCK = 1 << 20
+_TYPES = np.array(sorted(int(t) for t in RecordType), dtype=np.uint8)
+_TYPE_CODES = frozenset(int(t) for t in RecordType)
 
 
-@dataclass
-class RunView:
-    """A run folded from its records: the state a reader (CLI, uploader) needs."""
+@dataclass(frozen=True)
+class Damage:
+    """Bytes of a log that hold no readable record: [start, end), why, and how many records were
+    lost when that is known (1 when the damaged record's own length leads to the next valid one)."""
 
-    id: str
-    run_dir: Path
-    name: str | None = None
-    folder: str = "/"
-    description: str | None = None
-    tags: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    created_us: int | None = None
-    system: dict[str, Any] = field(default_factory=dict)
-    job: dict[str, Any] = field(default_factory=dict)
-    status: str = "created"
-    ended_us: int | None = None
-    end: dict[str, Any] | None = None  # the END payload (missing/lost ranks, counters)
-    ranks: dict[int, dict[str, Any]] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    files: list[dict[str, Any]] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    alert_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> its last ALERT_STATE
-    folder_details: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, MetricSeries] = field(default_factory=dict)
+    start: int
+    end: int
+    reason: str
+    records: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def torn(self) -> bool:
+        """An incomplete record at the end of the log: a write in progress or cut short."""
+        return self.reason == INCOMPLETE
 
 
-def read_records(path: Path | str, start: int = HEADER_SIZE) -> Iterator[Record]:
-    """Yield the records of a log from offset start, stopping silently at a torn or corrupt one.
+class _Window:
+    """Bytes of a (possibly growing) file at absolute offsets, read a block at a time."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._base = 0
+        self._buf = b""
+        self.size = os.fstat(f.fileno()).st_size
+
+    def refresh(self) -> int:
+        self.size = os.fstat(self._f.fileno()).st_size
+        return self.size
+
+    def view(self, offset: int, n: int) -> memoryview:
+        """n bytes at offset; fewer only at the end of the file."""
+        lo = offset - self._base
+        if lo < 0 or lo + n > len(self._buf):
+            self._f.seek(offset)
+            self._buf = self._f.read(max(n, _BLOCK))
+            self._base, lo = offset, 0
+        return memoryview(self._buf)[lo : lo + n]
+
+
+def _record_at(win: _Window, offset: int, copy: bool = True) -> Record | str:
+    """The valid record at offset, or why there is none."""
+    head = win.view(offset, RECORD_HEADER_SIZE)
+    if len(head) < RECORD_HEADER_SIZE:
+        return INCOMPLETE
+    length, crc, code = RECORD.unpack(head)
+    end = offset + RECORD_HEADER_SIZE + length
+    if end > win.size and end > win.refresh():  # the writer may have appended since
+        return BAD_LENGTH
+    data = win.view(offset + RECORD_HEADER_SIZE, length)
+    if len(data) < length:  # the file shrank under us
+        return BAD_LENGTH
+    if zlib.crc32(data, zlib.crc32(bytes((code,)))) != crc:
+        return BAD_CRC
+    if code not in _TYPE_CODES:
+        return BAD_TYPE
+    return decode_record(offset, end, code, data, copy) or BAD_PAYLOAD
+
+
+def _plausible(block: np.ndarray, count: int) -> np.ndarray:
+    """Offsets i < count of block where a record header could start: a known type byte, a payload
+    that starts as a msgpack map and, for a non-empty fixmap, a first key that is a string."""
+    t = block[8 : 8 + count]
+    mark = block[9 : 9 + count]
+    key = block[10 : 10 + count]
+    ok = np.isin(t, _TYPES)
+    fixmap = (mark >= 0x80) & (mark <= 0x8F)
+    ok &= fixmap | (mark == 0xDE) | (mark == 0xDF)
+    ok &= ~fixmap | (mark == 0x80) | ((key >= 0xA0) & (key <= 0xBF)) | (key == 0xD9)
+    return np.flatnonzero(ok)
+
+
+def _header_follows(win: _Window, offset: int) -> bool:
+    """Whether offset is the end of the file or a plausible record header."""
+    if offset == win.size:
+        return True
+    head = np.frombuffer(bytes(win.view(offset, RECORD_HEADER_SIZE + 2)) + b"\0\0", dtype=np.uint8)
+    if len(head) < RECORD_HEADER_SIZE + 3 or not len(_plausible(head, 1)):
+        return False
+    length = int(head[:4].view("<u4")[0])
+    return offset + RECORD_HEADER_SIZE + length <= win.size
+
+
+def _resync(win: _Window, pos: int) -> int | None:
+    """The first offset >= pos where a valid record starts, or None."""
+    size = win.size
+    while pos + RECORD_HEADER_SIZE < size:
+        raw = bytes(win.view(pos, _BLOCK + RECORD_HEADER_SIZE + 2))
+        at_end = pos + len(raw) >= size
+        block = np.frombuffer(raw + (b"\0\0" if at_end else b""), dtype=np.uint8)
+        count = max(0, min(len(raw), size - pos - RECORD_HEADER_SIZE)) if at_end else len(raw) - 11
+        if count <= 0:
+            return None
+        for i in _plausible(block, count).tolist():
+            offset = pos + i
+            length = int(block[i : i + 4].view("<u4")[0])
+            end = offset + RECORD_HEADER_SIZE + length
+            if length == 0 or end > size or (block[i + 9] == 0x80 and length != 1):
+                continue
+            if length > RESYNC_CHECK_BYTES and not _header_follows(win, end):
+                continue
+            if isinstance(_record_at(win, offset), Record):
+                return offset
+        pos += count
+    return None
+
+
+def _scan(f: BinaryIO, start: int, damage: list[Damage] | None, copy: bool) -> Iterator[Record]:
+    win = _Window(f)
+    offset = start
+    while offset < win.size or offset < win.refresh():
+        found = _record_at(win, offset, copy)
+        if isinstance(found, Record):
+            yield found
+            offset = found.end
+            continue
+        nxt = _resync(win, offset + 1)
+        if nxt is None:
+            if damage is not None:
+                damage.append(Damage(offset, win.size, INCOMPLETE if found == BAD_LENGTH else found))
+            return
+        if damage is not None:
+            length = RECORD.unpack(win.view(offset, RECORD_HEADER_SIZE))[0]
+            known = 1 if offset + RECORD_HEADER_SIZE + length == nxt else None
+            damage.append(Damage(offset, nxt, found, records=known))
+        offset = nxt
+
+
+def read_records(
+    path: Path | str, start: int = HEADER_SIZE, damage: list[Damage] | None = None, copy: bool = True
+) -> Iterator[Record]:
+    """Yield the valid records of a log from offset start, skipping damage (appended to
+    ``damage`` when given, in file order). With copy=False, METRICS columns are read-only views.
 
     Raises StoreError if the file cannot be read or its header is missing or not ours.
     """
@@ -78,166 +194,6 @@ def read_records(path: Path | str, start: int = HEADER_SIZE) -> Iterator[Record]
     try:
         with open(path, "rb") as f:
             check_header(f.read(HEADER_SIZE), path)
-            size = os.fstat(f.fileno()).st_size
-            offset = f.seek(start)
-            while True:
-                head = f.read(RECORD_HEADER_SIZE)
-                if len(head) < RECORD_HEADER_SIZE:
-                    return
-                length, crc, code = RECORD.unpack(head)
-                end = offset + RECORD_HEADER_SIZE + length
-                if end > size:  # the writer may have appended since; never read past the end
-                    size = os.fstat(f.fileno()).st_size
-                    if end > size:
-                        return
-                data = f.read(length)
-                if len(data) < length or zlib.crc32(data, zlib.crc32(head[8:])) != crc:
-                    return
-                record = decode_record(offset, end, code, data)
-                if record is None:
-                    return
-                yield record
-                offset = end
+            yield from _scan(f, start, damage, copy)
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc}") from exc
-
-
-def load_run(run_dir: Path | str) -> RunView:
-    """Fold a run's records into a RunView; metrics are concatenated once, at the end."""
-    run_dir = Path(run_dir)
-    view = RunView(id=run_dir.name, run_dir=run_dir)
-    names: dict[str, int] = {}  # metric name -> global id, in order of first appearance
-    gids: list[npt.NDArray[np.int64]] = []
-    steps: list[npt.NDArray[np.int64]] = []
-    times: list[npt.NDArray[np.int64]] = []
-    values: list[npt.NDArray[np.float64]] = []
-    late_flags: list[bool] = []
-    for rec in read_records(run_dir / RECORDS_NAME):
-        p = rec.payload
-        match rec.type:
-            case RecordType.METRICS:
-                lookup = np.array([names.setdefault(n, len(names)) for n in p["names"]], dtype=np.int64)
-                gids.append(lookup[p["name_id"]])
-                steps.append(p["step"])
-                times.append(p["time_us"])
-                values.append(p["value"])
-                late_flags.append(p["late"])
-            case RecordType.RUN:
-                view.id = str(p.get("id") or view.id)
-                view.name = p.get("name")
-                view.folder = p.get("folder") or "/"
-                view.description = p.get("description")
-                view.tags = _union([], p.get("tags") or [])
-                view.metadata = dict(p.get("metadata") or {})
-                view.created_us = p.get("created_us")
-                view.system = dict(p.get("system") or {})
-                view.job = dict(p.get("job") or {})
-            case RecordType.RUN_UPDATE:
-                for key in ("name", "description", "folder"):
-                    if key in p:
-                        setattr(view, key, p[key])
-                view.metadata.update(p.get("metadata") or {})
-                view.tags = _union(view.tags, p.get("tags") or [])
-            case RecordType.STATUS:
-                view.status = p.get("status", view.status)
-            case RecordType.END:
-                view.status = p.get("status", view.status)
-                view.ended_us = p.get("time_us")
-                view.end = p
-            case RecordType.RANK if isinstance(p.get("rank"), int):
-                view.ranks[p["rank"]] = p
-            case RecordType.EVENT:
-                view.events.append(p)
-            case RecordType.FILE:
-                view.files.append(p)
-            case RecordType.ALERT:
-                view.alerts.append(p)
-            case RecordType.ALERT_STATE:
-                view.alert_states[str(p.get("name"))] = p
-            case RecordType.FOLDER:
-                view.folder_details.append(p)
-    if gids:
-        gid = np.concatenate(gids)
-        order = np.argsort(gid, kind="stable")  # groups points by metric, keeping record order
-        lengths = [len(g) for g in gids]
-        late = np.repeat(np.array(late_flags, dtype=bool), lengths)[order]
-        step = np.concatenate(steps)[order]
-        time_us = np.concatenate(times)[order]
-        value = np.concatenate(values)[order]
-        bounds = np.cumsum(np.bincount(gid, minlength=len(names)))
-        lo = 0
-        for name, i in names.items():
-            hi = int(bounds[i])
-            if hi > lo:
-                view.metrics[name] = MetricSeries(
-                    step[lo:hi], time_us[lo:hi], value[lo:hi], int(np.count_nonzero(late[lo:hi]))
-                )
-            lo = hi
-    return view
-
-
-def _union(tags: list[str], more: Sequence[str]) -> list[str]:
-    """Tags in tags, then the new ones of more, each once, order kept."""
-    out = list(tags)
-    for tag in more:
-        if tag not in out:
-            out.append(tag)
-    return out
-
-
-def _run_dirs(root: Path) -> list[Path]:
-    """The directories of root that hold a record log (others, e.g. simvue's own, are ignored)."""
-    try:
-        if not root.is_dir():
-            return []
-        return sorted(d for d in root.iterdir() if (d / RECORDS_NAME).is_file())
-    except OSError as exc:
-        raise StoreError(f"cannot list {root}: {exc}") from exc
-
-
-def list_runs(root: Path | str) -> list[RunView]:
-    """Every readable run under root, oldest first; unreadable ones are logged and skipped."""
-    views = []
-    for run_dir in _run_dirs(Path(root)):
-        try:
-            views.append(load_run(run_dir))
-        except StoreError as exc:
-            logger.warning("skipping run %s: %s", run_dir.name, exc)
-    views.sort(key=lambda v: (v.created_us or 0, v.id))
-    return views
-
-
-def _run_name(run_dir: Path) -> str | None:
-    """The run's current name (RUN, then RUN_UPDATE), or None if it has none or is unreadable."""
-    name = None
-    try:
-        for rec in read_records(run_dir / RECORDS_NAME):
-            if rec.type in (RecordType.RUN, RecordType.RUN_UPDATE) and "name" in rec.payload:
-                name = rec.payload["name"]
-    except StoreError:
-        return None
-    return name if isinstance(name, str) else None
-
-
-def find_run(root: Path | str, key: str) -> Path:
-    """The directory of the run whose id is key, or whose id starts with / name equals key.
-
-    An exact id wins; otherwise id prefixes and names are matched together, and anything but
-    exactly one match raises RunNotFound (listing the candidates when ambiguous).
-    """
-    root = Path(root)
-    if not key:
-        raise RunNotFound("empty run id or name")
-    dirs = _run_dirs(root)
-    for run_dir in dirs:
-        if run_dir.name == key:
-            return run_dir
-    named = {d: _run_name(d) for d in dirs}
-    matches = [d for d in dirs if d.name.startswith(key) or named[d] == key]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise RunNotFound(f"no run in {root} has id or name {key!r}")
-    listing = ", ".join(f"{d.name} ({named[d] or 'unnamed'})" for d in matches[:10])
-    more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
-    raise RunNotFound(f"{key!r} matches {len(matches)} runs: {listing}{more}")

@@ -25,7 +25,7 @@ class LiveUpload:
         self._settings = settings
         self._stop = threading.Event()
         self._done = threading.Event()
-        self._lock_cm = upload_lock(self._run_dir)
+        self._lock_cm = upload_lock(self._run_dir, role="the live upload of its aggregator")
         self._lock_cm.__enter__()
         self._uploader = Uploader(self._run_dir, SimvueClient(settings, policy=self.LIVE_POLICY), settings, live=True)
         self._thread = threading.Thread(target=self._main, name="simvue_hpc-upload", daemon=True)

@@ -28,8 +28,13 @@ from tests.helpers import only_run, series
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "run `bash scripts/install_c_deps.sh` (as root: it installs cmake, pkg-config, libzmq3-dev and gfortran)"
-CTESTS = ("sha256_vectors", "encoder_golden_frames", "handshake_times_out", "client_against_fake_aggregator",
-          "fortran_module")  # fmt: skip
+CTESTS = (
+    "sha256_vectors",
+    "encoder_golden_frames",
+    "handshake_times_out",
+    "client_against_fake_aggregator",
+    "fortran_module",
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,10 @@ def _clean_env() -> dict[str, str]:
 def _run(cmd: list[str], cwd: Path, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_clean_env())
     if proc.returncode != 0:
-        pytest.fail(f"{what} failed ({proc.returncode}); {INSTALL_HINT} if a dependency is missing.\n"
-                    f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")  # fmt: skip
+        pytest.fail(
+            f"{what} failed ({proc.returncode}); {INSTALL_HINT} if a dependency is missing.\n"
+            f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -72,8 +79,15 @@ def c_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
         pytest.fail(f"cannot build the C client: {', '.join(missing)} missing; {INSTALL_HINT}")
     build = tmp_path_factory.mktemp("c_build")
     mpicc = _mpicc()
-    configure = ["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-                 "-DSIMVUE_HPC_FORTRAN=ON"]  # fmt: skip
+    configure = [
+        "cmake",
+        "-S",
+        str(ROOT),
+        "-B",
+        str(build),
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        "-DSIMVUE_HPC_FORTRAN=ON",
+    ]
     configure.append(f"-DMPI_C_COMPILER={mpicc}" if mpicc else "-DSIMVUE_HPC_MPI_EXAMPLE=OFF")
     _run(configure, ROOT, 300, "cmake configure")
     _run(["cmake", "--build", str(build), "--parallel", str(max(2, os.cpu_count() or 2))], ROOT, 600, "cmake build")
@@ -203,9 +217,15 @@ def test_mpi_c_example_under_a_python_run(store: Path, c_build: Build, monkeypat
     assert view.status == "completed"
     steps = range(20)
     assert _user_metrics(view) == {
-        "mpi.value", "mpi.value.min", "mpi.value.max", "mpi.value.count", "mpi.check.sum",
-        "mpi.rank/rank_1", "mpi.rank/rank_2", "mpi.rank/rank_3",
-    }  # fmt: skip
+        "mpi.value",
+        "mpi.value.min",
+        "mpi.value.max",
+        "mpi.value.count",
+        "mpi.check.sum",
+        "mpi.rank/rank_1",
+        "mpi.rank/rank_2",
+        "mpi.rank/rank_3",
+    }
     # reductions declared by the C ranks' HELLO: sum (under the metric's name), min, max, count
     assert series(view, "mpi.value") == {s: 6.0 * s + 1.5 for s in steps}
     assert series(view, "mpi.value.min") == {s: s + 0.5 for s in steps}
@@ -234,8 +254,11 @@ def test_mpi_c_example_under_simvue_hpc_run(store: Path, c_build: Build) -> None
     if c_build.mpicc is None:
         pytest.fail("no MPI C compiler: run `bash scripts/install_c_deps.sh` after installing the mpi extra")
     script = Path(sys.executable).parent / "simvue-hpc"
-    cli = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from simvue_hpc.cli import main; "
-                                                                       "sys.exit(main())"]  # fmt: skip
+    cli = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "import sys; from simvue_hpc.cli import main; sys.exit(main())"]
+    )
     mpiexec = Path(c_build.mpicc).parent / "mpiexec"
     cmd = [*cli, "run", "--name", "c-sidecar", "--", str(mpiexec), "-n", "3", str(c_build.bin / "svh_example_mpi"), "5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
@@ -248,3 +271,83 @@ def test_mpi_c_example_under_simvue_hpc_run(store: Path, c_build: Build) -> None
         assert series(view, f"mpi.rank/rank_{rank}") == {s: float(rank) for s in range(5)}
         assert view.ranks[rank]["state"] == "closed"
     assert series(view, "mpi.value") == {s: 6.0 * s + 1.5 for s in range(5)}
+
+
+def _scale_job(c_build: Build, root: Path, out: Path, procs: int, nodes: int) -> RunView:
+    """``svh_scale_driver`` under the sidecar: flat, or with a node relay per simulated node."""
+    cli = [sys.executable, "-c", "import sys; from simvue_hpc.cli import main; sys.exit(main())"]
+    relays = [str(ROOT / "benchmarks" / "scale_job.sh"), str(nodes), str(procs)] if nodes else []
+    driver = [
+        str(c_build.bin / "svh_scale_driver"),
+        "--procs",
+        str(procs),
+        "--seconds",
+        "1",
+        "--hz",
+        "10",
+        "--metrics",
+        "3",
+        "--nodes",
+        str(nodes),
+        "--out",
+        str(out),
+    ]
+    env = {**_clean_env(), "SIMVUE_OFFLINE_DIRECTORY": str(root), "PYTHON": sys.executable}
+    cmd = [*cli, "run", "--ranks", str(procs), "--name", f"relay-{nodes}", "--", *relays, *driver]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return only_run(root)
+
+
+def test_node_relays_store_what_the_flat_job_stores(c_build: Build, tmp_path: Path) -> None:
+    """The same C job flat and through two node relays (SIMVUE_HPC_HIERARCHY=node): the stored runs
+    hold the same series; count, sum, min, max and mean bit for bit, std within 1e-12 relative."""
+    procs = 12
+    flat = _scale_job(c_build, tmp_path / "flat", tmp_path / "flat.csv", procs, 0)
+    relayed = _scale_job(c_build, tmp_path / "relayed", tmp_path / "relayed.csv", procs, 2)
+    assert flat.status == relayed.status == "completed"
+    names = {n for n in flat.metrics if not n.startswith("simvue_hpc/")}
+    assert names == {n for n in relayed.metrics if not n.startswith("simvue_hpc/")}
+    assert names == {f"m{m:02d}{op}" for m in range(3) for op in ("", ".min", ".max", ".sum", ".std", ".count")}
+    for name in sorted(names):
+        want, got = series(flat, name), series(relayed, name)
+        assert sorted(want) == sorted(got) == list(range(10)), name
+        for step, value in want.items():
+            if name.endswith(".std"):
+                assert math.isclose(got[step], value, rel_tol=1e-12, abs_tol=1e-300), (name, step)
+            else:
+                assert got[step] == value, (name, step, got[step], value)
+        assert flat.metrics[name].late == relayed.metrics[name].late == 0
+    assert series(relayed, "m00.count") == {s: float(procs) for s in range(10)}
+    for view in (flat, relayed):
+        assert view.end is not None and view.end["counters"]["points_received"] == procs * 10 * 3
+        assert view.end["missing_ranks"] == [] and view.end["lost_ranks"] == []
+
+
+def test_c_client_speaks_curve_and_is_refused_with_other_keys(
+    store: Path, c_build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's secret carries CURVE keys: the C client encrypts with them; with another key pair it is
+    refused at the handshake (it never gets an answer), and malformed keys are a clear error."""
+    from simvue_hpc import transport
+
+    run = Simvue(transport="tcp")
+    run.init(name="c-curve")
+    secret = os.environ["SIMVUE_HPC_SECRET"]
+    assert transport.rank_keys(secret) is not None
+    token, server_public, _ = secret.split(":")
+    _, other_secret = transport.new_credentials()
+    monkeypatch.setenv("SIMVUE_HPC_SECRET", f"{token}:{server_public}:{other_secret}")
+    monkeypatch.setenv("SIMVUE_HPC_CONNECT_TIMEOUT", "1")
+    refused = subprocess.run([str(c_build.bin / "svh_example_c")], capture_output=True, text=True, timeout=60)
+    monkeypatch.setenv("SIMVUE_HPC_SECRET", f"{token}:{server_public}:nothex")
+    malformed = subprocess.run([str(c_build.bin / "svh_example_c")], capture_output=True, text=True, timeout=60)
+    monkeypatch.setenv("SIMVUE_HPC_SECRET", secret)
+    monkeypatch.delenv("SIMVUE_HPC_CONNECT_TIMEOUT")
+    out = _example(c_build.bin / "svh_example_c").stdout
+    run.close()
+    assert refused.returncode == 2 and "no answer from the aggregator" in refused.stderr, refused.stderr
+    assert malformed.returncode == 2 and "malformed keys" in malformed.stderr, malformed.stderr
+    assert "close acknowledged" in out
+    view = only_run(store)
+    assert view.status == "completed" and len(view.ranks) == 2  # the host and the one C rank with the keys

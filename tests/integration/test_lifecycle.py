@@ -52,7 +52,7 @@ def test_user_and_event_alerts(store: Path) -> None:
         run.create_event_alert("diverged", "diverg", frequency=FAST_MINUTES)
         run.log_alert(name="manual", state="critical")
         run.event("the solver diverged at step 10")
-        time.sleep(0.8)
+        wait_until(lambda: any("'diverged' is critical" in e["message"] for e in only_run(store).events), 30)
     view = only_run(store)
     assert view.alert_states["manual"]["status"] == "critical"
     assert any("'diverged' is critical" in e["message"] for e in view.events)
@@ -111,6 +111,7 @@ def test_server_abort_reaches_every_rank(simvue_online: Any, store: Path) -> Non
 def test_live_ranks_and_resource_metrics(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     global _run, _barrier
     monkeypatch.setenv("SIMVUE_HPC_SYSTEM_METRICS_INTERVAL", "0.2")
+    monkeypatch.setenv("SIMVUE_HPC_HEARTBEAT_INTERVAL", "0.2")  # live_ranks is recorded at most this often
     ctx = mp.get_context("fork")
     _barrier = ctx.Barrier(WORKERS)
     _run = Simvue()

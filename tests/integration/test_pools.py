@@ -16,7 +16,7 @@ import pytest
 
 import simvue_hpc
 from simvue_hpc import Simvue
-from tests.helpers import assert_store_matches, expected, only_run
+from tests.helpers import assert_store_matches, expected, only_run, wait_until
 
 WORKERS = 4
 STEPS = 50
@@ -137,7 +137,6 @@ def _logger_then_wait(ready: Any) -> None:
     assert _run is not None
     for step in range(100):
         _run.log({"k": float(step)})
-    time.sleep(0.3)  # the batch leaves within flush_interval
     ready.set()
     time.sleep(600)
 
@@ -152,6 +151,8 @@ def test_worker_killed_with_sigkill_is_recorded_lost(store: Path, monkeypatch: p
     child = ctx.Process(target=_logger_then_wait, args=(ready,))
     child.start()
     assert ready.wait(30)
+    stored = lambda: "k" in (view := only_run(store)).metrics and len(view.metrics["k"].step) == 100  # noqa: E731
+    wait_until(stored, 30, what="the rank's 100 points in the store")
     os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
     child.join()
     _run.log({"k": 1000.0}, step=1000)

@@ -26,6 +26,7 @@ from simvue_hpc.config import ServerSettings
 from simvue_hpc.errors import (
     AuthenticationError,
     ConfigurationError,
+    OutcomeUnknown,
     ServerError,
     ServerUnavailable,
     SimvueHPCError,
@@ -391,11 +392,28 @@ def test_offline_settings_make_no_client() -> None:
 
 
 def test_503_twice_then_success(client: SimvueClient, simvue_server: SimvueTestServer, fake_time: FakeTime) -> None:
-    simvue_server.faults.fail(2, status=503, path="/runs", method="POST")
-    run_id = _run(client)
-    assert [r.status for r in simvue_server.requests_log("/runs", "POST")] == [503, 503, 200]
+    simvue_server.faults.fail(2, status=503, path="/folders", method="POST")
+    folder_id = client.create_folder("/a")
+    assert [r.status for r in simvue_server.requests_log("/folders", "POST")] == [503, 503, 200]
     assert fake_time.sleeps == [0.5, 1.0]
-    assert [r["id"] for r in simvue_server.db.runs()] == [run_id]
+    assert [f["id"] for f in simvue_server.db.folders()] == [folder_id]
+
+
+def test_a_5xx_to_a_create_that_is_not_safe_to_repeat_is_an_unknown_outcome(
+    client: SimvueClient, simvue_server: SimvueTestServer, fake_time: FakeTime
+) -> None:
+    simvue_server.faults.fail(1, status=502, path="/runs", method="POST")
+    with pytest.raises(OutcomeUnknown, match="502"):
+        _run(client)
+    assert len(simvue_server.requests_log("/runs", "POST")) == 1 and fake_time.sleeps == []
+
+
+def test_429_to_a_batch_is_retried(client: SimvueClient, simvue_server: SimvueTestServer) -> None:
+    run_id = _run(client)
+    simvue_server.faults.rate_limit(1, retry_after=1, path="/metrics")
+    client.post_metrics(run_id, [{"values": {"x": 1}, "time": 0.0, "timestamp": format_timestamp(0), "step": 0}])
+    assert [r.status for r in simvue_server.requests_log("/metrics", "POST")] == [429, 200]
+    assert len(simvue_server.db.metrics(run_id)) == 1
 
 
 def test_backoff_grows_and_is_capped_then_gives_up(
@@ -451,13 +469,46 @@ def test_dropped_connection_is_retried(
     assert len(simvue_server.db.heartbeats(run_id)) == 1
 
 
-def test_retries_are_at_least_once(client: SimvueClient, simvue_server: SimvueTestServer) -> None:
-    """A lost answer cannot be told from a lost request: the batch is sent again and stored twice."""
+@pytest.mark.parametrize("path", ["/metrics", "/events"])
+def test_a_batch_whose_answer_is_lost_is_never_sent_again(
+    client: SimvueClient, simvue_server: SimvueTestServer, path: str
+) -> None:
+    """A lost answer cannot be told from a lost request: the client says so instead of repeating it."""
     run_id = _run(client)
-    simvue_server.faults.drop(1, after_processing=True, path="/metrics")
-    client.post_metrics(run_id, [{"values": {"x": 1}, "time": 0.0, "timestamp": format_timestamp(0), "step": 0}])
-    assert len(simvue_server.log.duplicates("/metrics", successful_only=False)) == 1
-    assert len(simvue_server.db.metrics(run_id)) == 2
+    simvue_server.faults.drop(1, after_processing=True, path=path)
+    with pytest.raises(OutcomeUnknown, match="may or may not have been processed"):
+        if path == "/metrics":
+            client.post_metrics(
+                run_id, [{"values": {"x": 1}, "time": 0.0, "timestamp": format_timestamp(0), "step": 0}]
+            )
+        else:
+            client.post_events(run_id, [{"message": "m", "timestamp": format_timestamp(0), "log_level": "info"}])
+    assert len(simvue_server.requests_log(path, "POST")) == 1
+    assert client.event_count(run_id) == (1 if path == "/events" else 0)
+    assert len(client.get_metrics(run_id, ["x"]).get("x", [])) == (1 if path == "/metrics" else 0)
+
+
+def test_a_run_whose_answer_is_lost_is_found_by_its_metadata(
+    client: SimvueClient, simvue_server: SimvueTestServer
+) -> None:
+    simvue_server.faults.drop(1, after_processing=True, path="/runs", method="POST")
+    with pytest.raises(OutcomeUnknown):
+        _run(client, metadata={"simvue_hpc_uid": "abc123"})
+    (found,) = client.find_runs("metadata.simvue_hpc_uid == abc123")
+    assert [r["id"] for r in simvue_server.db.runs()] == [found["id"]]
+    assert client.find_runs("metadata.simvue_hpc_uid == other") == []
+
+
+def test_a_request_refused_before_it_left_is_retried_even_when_not_safe_to_repeat(
+    make_client: Callable[..., SimvueClient], fake_time: FakeTime
+) -> None:
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = make_client(RetryPolicy(total=2, backoff_factor=0.1, jitter=0.0), url=f"http://127.0.0.1:{port}")
+    with pytest.raises(ServerUnavailable) as info:
+        client.post_metrics("r", [])
+    assert not isinstance(info.value, OutcomeUnknown) and len(fake_time.sleeps) == 2
 
 
 def test_read_timeout_is_retried(
@@ -605,3 +656,42 @@ def test_every_error_is_in_the_package_tree(
         assert info.value.__cause__ is None
         assert info.value.__context__ is None or info.value.__suppress_context__
         _no_token(info.value, simvue_server.token)
+
+
+class _EchoingProxy(http.server.BaseHTTPRequestHandler):
+    """A misbehaving proxy that answers every request with an error quoting its Authorization header,
+    placed so that the token straddles the 200-character cut of an error excerpt."""
+
+    pad = 190
+
+    def do_GET(self) -> None:
+        body = ("x" * self.pad + f" you sent: {self.headers.get('Authorization')} ... and more").encode()
+        self.send_response(418)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("pad", [150, 170, 181, 188, 190, 195, 199])
+def test_an_echoed_token_straddling_the_cut_never_shows(
+    make_client: Callable[..., SimvueClient], simvue_server: SimvueTestServer, pad: int
+) -> None:
+    _EchoingProxy.pad = pad
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingProxy)
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        client = make_client(url=f"http://127.0.0.1:{proxy.server_address[1]}")
+        with pytest.raises(ServerError) as info:
+            client.version()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    token = simvue_server.token
+    for text in (str(info.value), repr(info.value)):
+        assert "418" in text
+        for n in range(6, len(token) + 1):  # no 6 consecutive characters of the token
+            assert not any(token[i : i + n] in text for i in range(len(token) - n + 1)), text

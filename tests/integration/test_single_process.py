@@ -178,13 +178,15 @@ def test_steps_are_int64(store: Path) -> None:
         run.log({"a": 1.0}, step=5)
         with pytest.raises(ValueError, match="int64"):
             run.log({"a": 2.0}, step=2**63)
-        run.log({"a": 3.0}, step=2**63 - 1)
         with pytest.raises(ValueError, match="int64"):
-            run.log({"a": 4.0})  # the default step would be 2**63
+            run.log({"a": 2.5}, step=2**63 - 1)  # the aggregator's marker for "every step"
+        run.log({"a": 3.0}, step=2**63 - 2)
+        with pytest.raises(ValueError, match="int64"):
+            run.log({"a": 4.0})  # the default step would be 2**63 - 1
         run.log({"b": 5.0}, step=6)
     assert run.status == "completed"
     view = only_run(store)
-    assert view.metrics["a"].step.tolist() == [5, 2**63 - 1] and view.metrics["b"].value.tolist() == [5.0]
+    assert view.metrics["a"].step.tolist() == [5, 2**63 - 2] and view.metrics["b"].value.tolist() == [5.0]
 
 
 def test_seed_api_to_the_letter(store: Path, tmp_path: Path) -> None:

@@ -12,6 +12,42 @@ from .validation import Checker, validate_folder_path, validate_folder_update, v
 from .web import HTTPError, Request, Response, Router, json_response, not_found
 
 TERMINAL = ("completed", "failed", "terminated", "lost")
+# A Simvue server names an unnamed run adjective-noun, e.g. "quiet-heron".
+_ADJECTIVES = (
+    "quiet",
+    "brave",
+    "lucid",
+    "amber",
+    "swift",
+    "gentle",
+    "vivid",
+    "misty",
+    "sunny",
+    "rapid",
+    "noble",
+    "icy",
+)
+_NOUNS = (
+    "heron",
+    "falcon",
+    "maple",
+    "river",
+    "comet",
+    "otter",
+    "meadow",
+    "glacier",
+    "quasar",
+    "willow",
+    "badger",
+    "reef",
+)
+
+
+def generated_name() -> str:
+    """A fresh adjective-noun run name."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}"
+
+
 _INTERNAL_RUN_KEYS = ("abort", "abort_reason", "last_seen")
 
 
@@ -200,7 +236,7 @@ class RunsApi:
         self._validate_alert_ids(fields.get("alerts") or [])
         now = timestamp()
         doc: dict[str, Any] = {
-            "name": fields.get("name") or f"run-{secrets.token_hex(4)}",
+            "name": fields.get("name") or generated_name(),
             "folder": fields["folder"],
             "status": "created",
             "description": None,

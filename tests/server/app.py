@@ -112,10 +112,14 @@ class SimvueApp:
         except _Dropped:
             self._record(req, arrived, clock, None, response, decision)
             raise ConnectionAbortedError("fault injection: connection dropped") from None
-        self._record(req, arrived, clock, response.status, response, decision)
+        self._record(req, arrived, clock, None if decision.truncate else response.status, response, decision)
+        if decision.stall:
+            time.sleep(decision.stall)  # processed; the answer comes after the client gave up waiting
         reason = http.HTTPStatus(response.status).phrase
         headers = [*response.headers.items(), ("Content-Length", str(len(response.body)))]
         start_response(f"{response.status} {reason}", headers)
+        if decision.truncate:  # the connection closes after half the promised body
+            return [response.body[: len(response.body) // 2]]
         return [response.body]
 
     def _record(
@@ -139,6 +143,8 @@ class SimvueApp:
                 duration=time.perf_counter() - clock,
                 body_sha256=hashlib.sha256(req.body).hexdigest() if req.body else "",
                 fault=decision.label,
+                body=req.body,
+                content_type=req.headers.get("content-type", ""),
             )
         )
 

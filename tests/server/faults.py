@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Literal
 
-FaultKind = Literal["status", "delay", "drop"]
+FaultKind = Literal["status", "delay", "drop", "stall", "truncate"]
 
 
 @dataclasses.dataclass
@@ -45,6 +45,10 @@ class FaultRule:
             return f"status {self.status}"
         if self.kind == "delay":
             return f"delay {self.delay}s"
+        if self.kind == "stall":
+            return f"stall {self.delay}s after processing"
+        if self.kind == "truncate":
+            return "truncated answer after processing"
         return "drop after processing" if self.after_processing else "drop"
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,6 +64,8 @@ class FaultDecision:
     retry_after: float | None = None
     drop: bool = False
     after_processing: bool = False
+    stall: float = 0.0  # handle the request, then hold the answer this long (past a client's timeout)
+    truncate: bool = False  # handle the request, then send half the answer and close
     label: str | None = None
 
 
@@ -118,6 +124,14 @@ class FaultController:
         """Close the connection without an answer (after handling the request if `after_processing`)."""
         return self._add(FaultRule("drop", after_processing=after_processing, **match), count, until)
 
+    def stall(self, seconds: float, count: int | None = 1, *, until: float | None = None, **match: Any) -> FaultRule:
+        """Handle matching requests, then hold each answer for `seconds` (a client times out meanwhile)."""
+        return self._add(FaultRule("stall", delay=seconds, after_processing=True, **match), count, until)
+
+    def truncate(self, count: int | None = 1, *, until: float | None = None, **match: Any) -> FaultRule:
+        """Handle matching requests, then send the status, headers and half the body, and close."""
+        return self._add(FaultRule("truncate", after_processing=True, **match), count, until)
+
     def add(self, spec: dict[str, Any]) -> FaultRule:
         """Add a rule from a JSON spec: {"kind": "status"|"rate_limit"|"delay"|"drop", ...}."""
         spec = dict(spec)
@@ -133,6 +147,10 @@ class FaultController:
             return self.delay(spec.pop("seconds", spec.pop("delay", 0.0)), count, until=until, **match)
         if kind == "drop":
             return self.drop(count, until=until, **match, **spec)
+        if kind == "stall":
+            return self.stall(spec.pop("seconds", spec.pop("delay", 1.0)), count, until=until, **match)
+        if kind == "truncate":
+            return self.truncate(count, until=until, **match)
         raise ValueError(f"unknown fault kind '{kind}'")
 
     def clear(self) -> None:
@@ -170,4 +188,8 @@ class FaultController:
             return FaultDecision(delay=delay, label=label)
         if terminal.kind == "drop":
             return FaultDecision(delay=delay, drop=True, after_processing=terminal.after_processing, label=label)
+        if terminal.kind == "stall":
+            return FaultDecision(delay=delay, stall=terminal.delay, label=label)
+        if terminal.kind == "truncate":
+            return FaultDecision(delay=delay, truncate=True, label=label)
         return FaultDecision(delay=delay, status=terminal.status, retry_after=terminal.retry_after, label=label)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import threading
 from typing import Any
+
+import msgpack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,9 +25,25 @@ class RequestRecord:
     duration: float
     body_sha256: str  # digest of the request body ("" when empty)
     fault: str | None = None  # which injected fault, if any, shaped the answer
+    body: bytes = dataclasses.field(default=b"", repr=False)  # the request body as received
+    content_type: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-serialisable: everything but the body."""
+        out = dataclasses.asdict(self)
+        del out["body"]
+        return out
+
+    def decoded(self) -> Any:
+        """The body decoded as msgpack or JSON (None when empty or neither)."""
+        if not self.body:
+            return None
+        try:
+            if "msgpack" in self.content_type:
+                return msgpack.unpackb(self.body, raw=False, strict_map_key=False)
+            return json.loads(self.body)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            return None
 
 
 def _matches(record: RequestRecord, path: str | None, method: str | None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -229,6 +230,23 @@ def test_drop_after_processing_shows_duplicates(api: Api, simvue_server: SimvueT
     assert [r.status for r in group] == [None, 200]
 
 
+def test_stalled_and_truncated_answers_come_after_processing(api: Api, simvue_server: SimvueTestServer) -> None:
+    run_id = api.new_run()
+    body = msgpack.packb({"run": run_id, "events": [{"message": "kept", "timestamp": TS}]})
+    url, headers = f"{simvue_server.api_url}/events", {**simvue_server.headers(), "Content-Type": "application/msgpack"}
+    simvue_server.faults.stall(1.0, path="/events")
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(url, data=body, headers=headers, timeout=0.2)
+    simvue_server.faults.truncate(1, path="/events")
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.post(url, data=body, headers=headers, timeout=10).json()
+    assert [e["message"] for e in simvue_server.db.events(run_id)] == ["kept", "kept"]
+    assert [r.fault for r in simvue_server.log.records("/events")] == [
+        "stall 1.0s after processing",
+        "truncated answer after processing",
+    ]
+
+
 def test_request_log_rates(api: Api, simvue_server: SimvueTestServer) -> None:
     for _ in range(5):
         api.call("GET", "/version")
@@ -252,3 +270,13 @@ def test_standalone_entry_point() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_an_unnamed_run_is_named_adjective_noun(api: Api) -> None:
+    names = set()
+    for _ in range(5):
+        answer = api.call("POST", "/runs", {"folder": "/", "status": "running"}).json()
+        assert re.fullmatch(r"[a-z]+-[a-z]+", answer["name"]), answer["name"]
+        assert api.call("GET", f"/runs/{answer['id']}").json()["name"] == answer["name"]
+        names.add(answer["name"])
+    assert all(not name.startswith("run-") for name in names)

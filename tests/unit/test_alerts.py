@@ -40,9 +40,10 @@ class Evaluator(AlertEvaluator):
         super().__init__()
         self._states: dict[str, str] = {}
 
-    def add(self, definition: Mapping[str, Any], now_us: int | None = None) -> None:
-        super().add(definition, now_us)
+    def add(self, definition: Mapping[str, Any], now_us: int | None = None) -> bool:
+        added = super().add(definition, now_us)
         self._states.setdefault(definition["name"], "ok")
+        return added
 
     def evaluate(self, now_us: int) -> list[Transition]:
         return self._fold(super().evaluate(now_us))
@@ -496,10 +497,10 @@ def test_user_alert_states() -> None:
 # --------------------------------------------------------------------------- adding, scheduling
 def test_add_same_name() -> None:
     ev = Evaluator()
-    ev.add(make("is above"), now_us=T0)
+    assert ev.add(make("is above"), now_us=T0) is True
     feed(ev, "m", [T0 + S], [50.0])
     ev.evaluate(T0 + MIN)
-    ev.add(make("is above"), now_us=T0 + MIN + 5)  # identical (every rank sends it): nothing changes
+    assert ev.add(make("is above"), now_us=T0 + MIN + 5) is False  # identical (every rank sends it): nothing changes
     assert ev.states() == {"a": "critical"}
     feed(ev, "m", [T0 + MIN + 10 * S], [0.0])
     assert ev.evaluate(T0 + 2 * MIN - 1) == []  # the period still runs from the first add

@@ -256,7 +256,10 @@ def test_file_that_is_not_utf8(dirs: tuple[Path, Path]) -> None:
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("variable", ["SIMVUE_HEARTBEAT_INTERVAL", "SIMVUE_UPLOAD_TIMEOUT"])
+@pytest.mark.parametrize(
+    "variable",
+    ["SIMVUE_HEARTBEAT_INTERVAL", "SIMVUE_UPLOAD_TIMEOUT", "SIMVUE_ABORT_INTERVAL", "SIMVUE_RETRY_BUDGET"],
+)
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
 def test_invalid_time_variables(dirs: tuple[Path, Path], variable: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=variable):
@@ -268,7 +271,29 @@ def test_time_variables(dirs: tuple[Path, Path]) -> None:
     assert (settings.heartbeat_interval, settings.upload_timeout) == (2.5, 120.0)
 
 
-@pytest.mark.parametrize("field", ["heartbeat_interval", "upload_timeout", "request_timeout"])
+def test_upload_variables(dirs: tuple[Path, Path]) -> None:
+    settings = _load(*dirs)
+    assert (settings.abort_interval, settings.retry_attempts, settings.retry_budget) == (5.0, 5, 30.0)
+    assert settings.event_prefix is True
+    settings = _load(
+        *dirs, SIMVUE_ABORT_INTERVAL="1", SIMVUE_RETRY_ATTEMPTS="2", SIMVUE_RETRY_BUDGET="9", SIMVUE_EVENT_PREFIX="0"
+    )
+    assert (settings.abort_interval, settings.retry_attempts, settings.retry_budget) == (1.0, 2, 9.0)
+    assert settings.event_prefix is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SIMVUE_RETRY_ATTEMPTS", "0"), ("SIMVUE_RETRY_ATTEMPTS", "2.5"), ("SIMVUE_EVENT_PREFIX", "maybe")],
+)
+def test_invalid_upload_variables(dirs: tuple[Path, Path], variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable):
+        _load(*dirs, **{variable: value})
+
+
+@pytest.mark.parametrize(
+    "field", ["heartbeat_interval", "upload_timeout", "request_timeout", "abort_interval", "retry_budget"]
+)
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), True, "5"])
 def test_invalid_times_are_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=field):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from simvue_hpc import roles
 from simvue_hpc.durable import atomic_write_json, lock_file
+from simvue_hpc.upload import STATE_NAME, UploadState, upload_lock
 
 
 def test_lock_file_is_exclusive_until_closed(tmp_path: Path) -> None:
@@ -49,3 +51,21 @@ def test_atomic_write_json_failure_keeps_the_old_content(tmp_path: Path) -> None
         atomic_write_json(tmp_path / "missing" / "x.json", {})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_beside_the_store_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = roles.publish(tmp_path / "rendezvous", "job-1", {"endpoint": "tcp://x", "secret": "s"})
+        UploadState(server="http://127.0.0.1:9").save(tmp_path / STATE_NAME)
+        with upload_lock(tmp_path):
+            pass
+    finally:
+        os.umask(old)
+    assert (_mode(path.parent), _mode(path)) == (0o700, 0o600)
+    assert _mode(tmp_path / STATE_NAME) == 0o600
+    assert _mode(tmp_path / "upload.lock") == 0o600

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simvue_hpc.errors import ConfigurationError, ReporterDied, RunAborted, SimvueHPCError
-from simvue_hpc.outbox import INT64_MAX, Every, Outbox
+from simvue_hpc.outbox import INT64_MAX, STEP_MAX, Every, Outbox
 
 
 class Clock:
@@ -113,12 +113,14 @@ def test_bad_input_is_a_value_error_and_the_call_stores_nothing() -> None:
 def test_steps_are_int64_and_default_steps_never_pass_it() -> None:
     clock = Clock()
     box = make(clock)
-    assert box.add({"a": 1.0}, step=INT64_MAX)
-    assert box.add({"a": 1.0}, step=np.int64(INT64_MAX))  # numpy integers too
-    with pytest.raises(ConfigurationError, match=r"default step .* past the int64 maximum"):
+    with pytest.raises(ConfigurationError, match="int64"):
+        box.add({"a": 1.0}, step=INT64_MAX)  # the aggregator's marker for "every step"
+    assert box.add({"a": 1.0}, step=STEP_MAX)
+    assert box.add({"a": 1.0}, step=np.int64(STEP_MAX))  # numpy integers too
+    with pytest.raises(ConfigurationError, match=r"default step .* past the largest int64 step"):
         box.add({"a": 2.0})
     taken = box.take(clock.s)
-    assert taken is not None and taken[0].step.tolist() == [INT64_MAX, INT64_MAX]
+    assert taken is not None and taken[0].step.tolist() == [STEP_MAX, STEP_MAX]
 
 
 def test_default_step_follows_the_highest_step_so_far() -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simvue_hpc.aggregator.accumulate import accumulate
 from simvue_hpc.errors import ProtocolError, ProtocolVersionError, SimvueHPCError
 from simvue_hpc.protocol import (
     HEADER_SIZE,
@@ -42,6 +43,7 @@ from simvue_hpc.protocol import (
     decode_header,
     encode,
 )
+from simvue_hpc.relay.wire import PartialBatch
 
 I64 = (-(2**63), 2**63 - 1)
 U64_MAX = 2**64 - 1
@@ -81,7 +83,18 @@ def metric_batches(draw: st.DrawFn, max_points: int = 200) -> MetricBatch:
     )
 
 
+@st.composite
+def partial_batches(draw: st.DrawFn) -> PartialBatch:
+    """A relay's accumulators of random points (the same columns a relay sends)."""
+    batch = draw(metric_batches(max_points=60))
+    partials = accumulate(batch.name_id.astype(np.int64), batch.step, batch.time_ns, batch.value)
+    contributors = draw(st.dictionaries(st.sampled_from(batch.names), st.integers(0, 2**31 - 1), max_size=3))
+    ranks = draw(st.integers(0, 2**31 - 1))
+    return PartialBatch(batch.names, draw(st.integers(*I64)), contributors, partials, ranks, draw(reductions))
+
+
 MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
+    PartialBatch: partial_batches(),
     Hello: st.builds(
         Hello,
         secret=text,
@@ -457,7 +470,7 @@ def _sample(cls: type[Message]) -> Message:
     }[cls]
 
 
-FIELDED = [cls for cls in MESSAGES if cls is not MetricBatch]
+FIELDED = [cls for cls in MESSAGES if cls not in (MetricBatch, PartialBatch)]
 REQUIRED = [
     (cls, f.name)
     for cls in FIELDED
@@ -638,7 +651,7 @@ def test_fuzz_valid_header_random_rest(mtype: int, seq: int, body: bytes, extra:
 )
 def test_fuzz_well_formed_maps_with_random_values(cls: type[Message], data: st.DataObject, extra: list[bytes]) -> None:
     """Bodies with the right keys but any values reach the field checks: still only ProtocolError."""
-    keys = [name for name, _, _ in cls._checks] + (["count"] if cls is MetricBatch else [])
+    keys = [name for name, _, _ in cls._checks] + (["count"] if cls in (MetricBatch, PartialBatch) else [])
     body = data.draw(st.dictionaries(st.sampled_from(keys) | text, values, max_size=len(keys) + 1))
     frames = [header(cls.TYPE), msgpack.packb(body, use_bin_type=True), *extra]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import fields
 from itertools import pairwise
@@ -99,7 +100,7 @@ class Harness:
             names=list(names),
             name_id=np.array([names.index(p[0]) for p in points], dtype=np.uint32),
             step=np.array([p[1] for p in points], dtype=np.int64),
-            time_ns=np.array([WALL0 + 1000 * p[1] + 7 for p in points], dtype=np.int64).reshape(n),
+            time_ns=np.array([WALL0 + 1000 * (p[1] if abs(p[1]) < 2**40 else 0) + 7 for p in points]).reshape(n),
             value=np.array([p[2] for p in points], dtype=np.float64).reshape(n),
         )
         return self.send(who, batch)
@@ -178,6 +179,30 @@ def test_hello_welcomes_and_records_the_rank() -> None:
     (rank,) = records(out, RecordType.RANK)
     assert rank == {"rank": 0, "host": "node0", "pid": 1000, "state": "joined", "time_us": (WALL0 + 1000) // 1000}
     assert h.state.ranks() == {0: "live"}
+
+
+def test_welcome_shares_the_message_rate_budget_among_the_ranks() -> None:
+    h = Harness(expected_ranks=4096, message_rate_budget=20_000.0)
+    (msg,) = replies(h.hello(17))
+    assert isinstance(msg, Welcome) and msg.flush_interval == pytest.approx(4096 / 20_000)
+    small = Harness(expected_ranks=8)  # 8 ranks at the default interval stay far below the budget
+    (msg,) = replies(small.hello(0))
+    assert isinstance(msg, Welcome) and msg.flush_interval == 0.0
+    pool = Harness(expected_ranks=None, message_rate_budget=100.0)  # ranks come and go: those live now
+    intervals = []
+    for k in range(5):
+        (msg,) = replies(pool.hello(-1, who=b"w%d" % k))
+        assert isinstance(msg, Welcome)
+        intervals.append(msg.flush_interval)
+    assert intervals == pytest.approx([0.0, 0.0, 0.03, 0.04, 0.05])
+
+
+def test_the_process_identity_of_a_local_rank_is_kept() -> None:
+    h = Harness()
+    h.hello(0, start_time=12345, pid_ns=4026531836)
+    h.hello(1)
+    assert h.state.live_pids_on("node0") == {ident(0): (1000, 12345, 4026531836)}
+    assert h.state.live_pids_on("node1") == {ident(1): (1001, 0, 0)}
 
 
 def test_hello_with_the_wrong_secret_is_rejected() -> None:
@@ -261,10 +286,10 @@ def test_messages_before_hello_get_one_reject() -> None:
 
 def test_protocol_error_from_unknown_peer_is_rejected_and_from_a_rank_is_recorded() -> None:
     h = Harness()
-    out = h.state.protocol_error(b"who", "bad magic")
+    out = h.state.protocol_error(b"who", "bad magic", h.now)
     assert replies(out) == [Reject("bad magic")]
     joined(h, 0)
-    out = h.state.protocol_error(ident(0), "truncated header")
+    out = h.state.protocol_error(ident(0), "truncated header", h.now)
     assert replies(out) == []
     assert any("truncated header" in e and "rank 0" in e for e in events(out, "warning"))
     assert h.state.counters["protocol_errors"] == 2
@@ -274,8 +299,10 @@ def test_aggregator_messages_from_a_rank_are_counted_as_errors() -> None:
     h = Harness()
     joined(h, 0)
     out = h.send(ident(0), GoodbyeAck(3))
-    assert out == []
-    assert h.state.counters["protocol_errors"] == 1
+    assert replies(out) == []
+    assert events(out, "warning") == ["rank 0 on node0 sent GoodbyeAck, which ranks do not send"]
+    assert h.send(ident(0), GoodbyeAck(4)) == []  # reported once a minute, counted each time
+    assert h.state.counters["protocol_errors"] == 2
 
 
 # --------------------------------------------------------------------------------------------- sequence numbers
@@ -797,6 +824,13 @@ def test_event_run_update_folder_and_alert_records() -> None:
     definition = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=3)
     out = h.send(ident(0), AlertDefinition(definition))
     assert records(out, RecordType.ALERT) == [definition]
+    # every rank of an MPI job defines it: recorded (and so registered with the server) once
+    out = h.send(ident(1), AlertDefinition(definition))
+    assert records(out, RecordType.ALERT) == [] and events(out) == []
+    # the same name defined differently: refused with a warning
+    other = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=4)
+    out = h.send(ident(1), AlertDefinition(other))
+    assert records(out, RecordType.ALERT) == [] and any("defined differently" in m for m in events(out, "warning"))
     # an invalid definition (only a broken client sends one) is refused with a warning, not recorded:
     # the server would refuse it too, and its 422 would stop the upload
     out = h.send(ident(0), AlertDefinition({"name": "bad", "source": "metrics"}))
@@ -818,17 +852,52 @@ def test_abort_tells_every_live_rank_and_later_joiners_and_terminates_the_run() 
     assert end["status"] == "terminated"
 
 
-def test_live_ranks_metric_follows_joins_goodbyes_and_losses() -> None:
-    h = Harness(expected_ranks=3, rank_timeout=5.0)
-    joined(h, 0, 1, 2)
-    h.goodbye(2)
-    h.tick(6.0)  # 0 and 1 lost
-    live = [
-        (int(a.step[0]), a.value[0])
+def live_series(h: Harness) -> list[tuple[int, float]]:
+    return [
+        (int(a.step[0]), float(a.value[0]))
         for a in h.actions
         if isinstance(a, AppendMetrics) and a.names == ["simvue_hpc/live_ranks"]
     ]
-    assert live == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 2.0), (4, 1.0), (5, 0.0)]
+
+
+def test_live_ranks_metric_follows_joins_goodbyes_and_losses() -> None:
+    h = Harness(expected_ranks=3, rank_timeout=5.0, heartbeat_interval=1.0)
+    joined(h, 0, 1, 2)
+    h.tick()
+    h.goodbye(2)
+    h.tick(1.0)
+    h.tick(5.5)  # 0 and 1 lost
+    assert live_series(h) == [(0, 3.0), (1, 2.0), (2, 0.0)]
+
+
+def test_live_ranks_is_recorded_at_most_once_per_heartbeat_interval() -> None:
+    h = Harness(expected_ranks=None, host_rank=0, heartbeat_interval=5.0, rank_timeout=1000.0)
+    joined(h, 0)
+    for k in range(1, 200):  # pool workers come and go, many times a second
+        h.hello(-1, who=b"w%d" % k)
+        h.tick(0.01)
+        h.goodbye(b"w%d" % k)
+        h.tick(0.01)
+    h.hello(-1, who=b"last")
+    h.tick(5.0)
+    series = live_series(h)
+    assert 1 <= len(series) <= 3, series  # 4 s of churn: once at the start, once after each interval
+    assert series[-1][1] == 2.0 and [s for s, _ in series] == list(range(len(series)))
+    h.goodbye(b"last")
+    h.goodbye(0)
+    h.tick()
+    assert live_series(h)[-1][1] == 0.0  # the end is recorded
+
+
+def test_a_single_rank_run_has_no_live_ranks_series() -> None:
+    h = Harness(expected_ranks=1)
+    joined(h, 0)
+    h.log(0, [("x", 0, 1.0)])
+    h.tick(10.0)
+    h.goodbye(0)
+    h.tick()
+    assert finishes(h.actions) == ["completed"]
+    assert live_series(h) == []
 
 
 def test_resources_are_summed_per_node_and_over_nodes() -> None:
@@ -839,7 +908,7 @@ def test_resources_are_summed_per_node_and_over_nodes() -> None:
     h.send(ident(1), Resources(1, 30.0, 200.0))
     h.send(ident(2), Resources(1, 100.0, 50.0, [[0, 20.0, 10.0]]))
     out = h.tick(1.0)
-    (a,) = [a for a in out if isinstance(a, AppendMetrics)]
+    (a,) = [a for a in out if isinstance(a, AppendMetrics) and a.names[0].startswith("resources/")]
     got = dict(zip(a.names, a.value.tolist(), strict=True))
     assert got["resources/cpu.usage.percentage"] == 180.0 and got["resources/cpu.usage.memory"] == 350.0
     assert got["resources/gpu.utilisation.percent.0"] == 50.0 and got["resources/gpu.utilisation.memory.0"] == 25.0
@@ -1172,3 +1241,116 @@ def test_a_chunk_after_the_final_one_is_an_error() -> None:
     out = h.send(ident(0), FileChunk(SHA, 6, True, b""))
     assert [a for a in out if isinstance(a, FileWrite)] == []
     assert replies(out, 0) == [FileReply(SHA, "error", "chunk out of order or past the size")]
+
+
+# --------------------------------------------------------------------------------------------- bounds
+def over_bounds_events(h: Harness) -> list[str]:
+    return [e for e in events(h.actions, "warning") if "dropped" in e and "bound" in e]
+
+
+def test_protocol_errors_are_logged_once_per_peer_per_minute(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    joined(h, 0)
+    with caplog.at_level(logging.WARNING, logger="simvue_hpc.aggregator.state"):
+        for _ in range(1000):
+            h.actions += h.state.protocol_error(ident(0), "truncated header", h.now)
+            h.actions += h.state.protocol_error(b"stranger", "bad magic", h.now)
+            h.now += 0.01
+        assert len(caplog.records) == 2  # one per peer, not 2,000 lines
+        h.now += 60.0
+        h.actions += h.state.protocol_error(ident(0), "truncated header", h.now)
+        assert len(caplog.records) == 3 and "999 more" in caplog.records[-1].getMessage()
+    assert h.state.counters["protocol_errors"] == 2001
+    assert len([e for e in events(h.actions, "warning") if "undecodable" in e]) == 2
+    # an unknown peer is still answered each time: it must learn that it is not welcome
+    assert sum(1 for m in replies(h.actions, b"stranger") if isinstance(m, Reject)) == 1000
+
+
+def test_distinct_metric_names_are_capped() -> None:
+    h = Harness(expected_ranks=1, max_metrics=3)
+    joined(h, 0)
+    h.log(0, [(f"m{k}", 0, float(k)) for k in range(5)])
+    h.log(0, [(f"m{k}", 1, float(k)) for k in range(5)])
+    h.goodbye(0)
+    h.tick()
+    assert {name for name, _ in stored(h.actions)} == {"m0", "m1", "m2"}
+    assert h.state.counters["points_over_bounds"] == 4
+    (warning,) = over_bounds_events(h)
+    assert "max_metrics" in warning and "3" in warning
+    (end,) = records(h.actions, RecordType.END)
+    assert end["counters"]["points_over_bounds"] == 4
+
+
+def test_open_steps_of_a_metric_are_capped() -> None:
+    h = Harness(expected_ranks=2, max_open_steps=10, step_timeout=1000.0, rank_timeout=1000.0)
+    joined(h, 0, 1)
+    h.log(1, [("a", 0, 0.0)])  # rank 1 stays at step 0: rank 0's later steps wait for it
+    for s in range(30):
+        h.log(0, [("a", s, 1.0)])
+        h.tick()
+    assert h.state.counters["points_over_bounds"] == 20  # steps 0-9 are open, 10-29 past the bound
+    (warning,) = over_bounds_events(h)
+    assert "max_open_steps" in warning
+    h.goodbye(0)
+    h.goodbye(1)
+    h.tick()
+    assert sorted({s for _, s in stored(h.actions)}) == list(range(10))
+
+
+def test_steps_at_the_int64_limits_are_rejected() -> None:
+    h = Harness(expected_ranks=1)
+    joined(h, 0)
+    lo, hi = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+    h.log(0, [("a", lo, 1.0), ("a", 5, 2.0), ("a", hi, 3.0)])
+    h.log(0, [("a", hi, 4.0)])
+    h.goodbye(0)
+    h.tick()
+    assert stored(h.actions) == {("a", 5): 2.0}
+    assert h.state.counters["points_over_bounds"] == 3
+    (warning,) = over_bounds_events(h)
+    assert "step" in warning
+
+
+def test_peers_are_capped_at_the_world_plus_a_margin() -> None:
+    h = Harness(expected_ranks=2, peer_margin=1)
+    joined(h, 0, 1)
+    (ok,) = replies(h.hello(-1, who=b"extra"))
+    assert isinstance(ok, Welcome) and ok.rank == 2
+    for k in range(3):
+        (no,) = replies(h.hello(-1, who=b"more%d" % k))
+        assert isinstance(no, Reject) and "3 ranks" in no.reason
+    assert h.state.counters["peers_refused"] == 3
+    assert len([e for e in events(h.actions, "warning") if "peer_margin" in e]) == 1
+    assert replies(h.hello(1), 1) == [Welcome(1, "run-1", "the-run")]  # a known rank may say hello again
+
+
+def test_a_pool_caps_the_ranks_live_at_once() -> None:
+    h = Harness(expected_ranks=None, max_peers=3)
+    joined(h, 0)
+    for k in range(2):
+        assert isinstance(replies(h.hello(-1, who=b"w%d" % k))[0], Welcome)
+    assert isinstance(replies(h.hello(-1, who=b"w9"))[0], Reject)
+    h.goodbye(b"w0")
+    assert isinstance(replies(h.hello(-1, who=b"w10"))[0], Welcome)  # a closed worker frees its place
+
+
+# --------------------------------------------------------------------------------------------- stopping
+def test_stop_tells_every_rank_and_fails_the_run() -> None:
+    h = Harness(expected_ranks=3, close_timeout=100.0)
+    joined(h, 0, 1)
+    h.log(0, [("x", 0, 1.0)])
+    out = h.state.stop("disk full", h.now)
+    h.actions += out
+    assert replies(out, 0) == [Notice("stopped", "disk full")] and replies(out, 1) == [Notice("stopped", "disk full")]
+    assert [(r["status"], r["reason"]) for r in records(out, RecordType.STATUS)] == [("failed", "disk full")]
+    assert h.state.stop("disk full again", h.now) == []  # once
+    late = h.hello(2)
+    assert replies(late, 2) == [Welcome(2, "run-1", "the-run"), Notice("stopped", "disk full")]
+    assert h.log(1, [("x", 0, 2.0), ("y", 0, 1.0)]) == []  # no longer accepted: dropped and counted
+    assert h.state.counters["points_after_stop"] == 2
+    for r in (0, 1, 2):
+        h.goodbye(r)
+    out = h.tick()
+    assert finishes(out) == ["failed"]
+    (end,) = records(out, RecordType.END)
+    assert end["counters"]["points_after_stop"] == 2

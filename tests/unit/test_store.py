@@ -24,6 +24,7 @@ from simvue_hpc.errors import ConfigurationError, RunNotFound, StoreError
 from simvue_hpc.store import (
     HEADER_SIZE,
     MAGIC,
+    Damage,
     Record,
     RecordType,
     RunWriter,
@@ -279,10 +280,10 @@ def test_a_failed_write_leaves_no_torn_record(tmp_path: Path, monkeypatch: pytes
 
     def half_then_full(fd: int, data: Any) -> int:
         real_write(fd, bytes(data[: len(data) // 2]))
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "write", half_then_full)
-    with pytest.raises(StoreError, match="No space"):
+    with pytest.raises(StoreError, match="Input/output"):
         w.flush()
     monkeypatch.undo()
     w.append(RecordType.STATUS, {"status": "three"})
@@ -317,19 +318,26 @@ def test_truncation_anywhere_in_the_last_record_keeps_the_others(tmp_path: Path,
         assert list(read_records(cut_path)) == good, i
 
 
-def test_valid_crc_but_undecodable_records_end_the_log(tmp_path: Path) -> None:
+def test_valid_crc_but_undecodable_records_are_skipped_as_damage(tmp_path: Path) -> None:
     path, _ = _write_sample(tmp_path)
     n = len(list(read_records(path)))
-    for bad in (
-        _raw_record(200, msgpack.packb({})),  # unknown type
-        _raw_record(RecordType.EVENT, b"\xc1"),  # never-used msgpack byte
-        _raw_record(RecordType.EVENT, msgpack.packb([1, 2])),  # not a map
-        _raw_record(RecordType.METRICS, msgpack.packb({"names": [], "name_id": b"\x01", "step": b""})),
+    size = path.stat().st_size
+    for bad, reason in (
+        (_raw_record(200, msgpack.packb({})), "unknown record type"),
+        (_raw_record(RecordType.EVENT, b"\xc1"), "undecodable payload"),  # never-used msgpack byte
+        (_raw_record(RecordType.EVENT, msgpack.packb([1, 2])), "undecodable payload"),  # not a map
+        (
+            _raw_record(RecordType.METRICS, msgpack.packb({"names": [], "name_id": b"\x01", "step": b""})),
+            "undecodable payload",
+        ),
     ):
         tail = bad + _raw_record(RecordType.STATUS, msgpack.packb({"status": "after"}))
         copy = tmp_path / "copy.svr"
         copy.write_bytes(path.read_bytes() + tail)
-        assert len(list(read_records(copy))) == n
+        damage: list[Damage] = []
+        records = list(read_records(copy, damage=damage))
+        assert len(records) == n + 1 and records[-1].payload == {"status": "after"}
+        assert damage == [Damage(size, size + len(bad), reason, records=1)]
 
 
 # --- property test -------------------------------------------------------------------------------
@@ -568,3 +576,61 @@ def test_record_is_frozen() -> None:
     rec = Record(16, 30, RecordType.STATUS, {})
     with pytest.raises(AttributeError):
         rec.offset = 0  # type: ignore[misc]
+
+
+# --- reopening after a writer died ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_reopen_truncates_a_damaged_tail_and_appends_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    path, offsets = _write_sample(tmp_path)
+    size = path.stat().st_size
+    if damage == "truncate":
+        os.truncate(path, size - 3)
+    else:
+        data = bytearray(path.read_bytes())
+        data[offsets[-1] + 12] ^= 0x01
+        path.write_bytes(bytes(data))
+    removed = path.stat().st_size - offsets[-1]
+    with caplog.at_level(logging.WARNING, logger="simvue_hpc.store"):
+        w = RunWriter.reopen(tmp_path, "run1")
+    assert f"truncating {removed} unreadable bytes" in caplog.text
+    assert path.stat().st_size == offsets[-1]
+    assert w.append(RecordType.STATUS, {"status": "resumed"}) == offsets[-1]
+    w.close()
+    records = list(read_records(path))
+    assert [r.offset for r in records] == offsets
+    assert records[-1].payload == {"status": "resumed"}
+
+
+def test_reopen_keeps_the_records_after_damage_in_the_middle(tmp_path: Path) -> None:
+    path, offsets = _write_sample(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[offsets[2] + 12] ^= 0x01
+    path.write_bytes(bytes(data))
+    size = path.stat().st_size
+    with RunWriter.reopen(tmp_path, "run1") as w:
+        assert w.append(RecordType.STATUS, {"status": "more"}) == size
+    damage: list[Damage] = []
+    records = list(read_records(path, damage=damage))
+    assert [r.offset for r in records] == [o for o in offsets if o != offsets[2]] + [size]
+    assert [(d.start, d.end) for d in damage] == [(offsets[2], offsets[3])]
+
+
+def test_reopen_refusals_and_leftovers(tmp_path: Path) -> None:
+    w = RunWriter.create(tmp_path, "r")
+    (w.files_dir / ".tmp-0123456789abcdef").write_bytes(b"partial")  # as a killed sink leaves
+    with pytest.raises(StoreError, match="another writer"):
+        RunWriter.reopen(tmp_path, "r")
+    w.close()
+    with pytest.raises(RunNotFound):
+        RunWriter.reopen(tmp_path, "missing")
+    for bad in ("", "../x", "a/b"):
+        with pytest.raises(ConfigurationError):
+            RunWriter.reopen(tmp_path, bad)
+    with pytest.raises(ConfigurationError, match="max_record_bytes"):
+        RunWriter.reopen(tmp_path, "r", max_record_bytes=10)
+    RunWriter.reopen(tmp_path, "r").close()
+    assert list(w.files_dir.iterdir()) == []
