@@ -38,6 +38,7 @@ signalled: int | None = None  # the signal that is ending this process
 _installed = False
 _deferring = 0  # joins under way: SIGTERM waits for them
 _pending: int | None = None  # a SIGTERM that came while deferring
+_owner = 0  # the process that installed the SIGTERM handler (a forked child inherits it, not the role)
 
 
 def register(run: Run, child: bool = False) -> None:
@@ -62,7 +63,12 @@ def catch_sigterm() -> None:
 
     Called before a rank's handshake too: a pool's ``terminate()`` may come while a worker is still
     joining, and the worker must then leave the run cleanly rather than vanish after its HELLO."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    global _owner
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler == signal.SIG_DFL or (handler is _exit_on_sigterm and _owner != os.getpid()):
+        _owner = os.getpid()
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
@@ -93,6 +99,13 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM unwinds the main thread, so the exit handlers flush the buffer, record ``terminated``
     and say goodbye within Slurm's KillWait."""
     global signalled, _pending
+    if _owner != os.getpid():
+        # A forked child that has not joined the run (the handler came with the fork): SIGTERM's
+        # default action, as if simvue_hpc were not there. Unwinding here could run a copy of the
+        # parent's stack.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     # A close under way, or a multiprocessing child already running its exit finalizers (ours
     # among them), is exiting anyway and bounded: raising here would abort the flush.
     if closing or getattr(sys.modules.get("multiprocessing.util"), "_exiting", False):
@@ -109,8 +122,8 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _deferring, _pending
-    _deferring, _pending = 0, None
+    global _deferring, _pending, closing, signalled
+    _deferring, _pending, closing, signalled = 0, None, 0, None
     # Until this child joins the run itself, SIGTERM kills it as it would without simvue_hpc: our
     # handler would unwind a copy of the parent's stack (a pool forking a worker) in the child.
     if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:

@@ -232,11 +232,18 @@ RANK_UNTIL_STOPPED = textwrap.dedent(
 )
 
 
-def _aggregator_pid() -> int:
+def _aggregator_pids() -> set[int]:
+    """This process's aggregator children that still run (earlier tests may leave zombies)."""
     import psutil
 
-    (child,) = [p for p in psutil.Process().children() if "simvue_hpc.aggregator" in " ".join(p.cmdline())]
-    return int(child.pid)
+    pids = set()
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "simvue_hpc.aggregator" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
@@ -248,10 +255,11 @@ def test_a_dead_or_stopped_aggregator_is_an_error_on_every_rank_and_nobody_waits
     call raises AggregatorLost once and close() does not wait for an answer."""
     monkeypatch.setenv("SIMVUE_HPC_RANK_TIMEOUT", "2")  # how long unanswered pings mean "gone"
     monkeypatch.setenv("SIMVUE_HPC_AGGREGATOR_RESTARTS", "0")  # the floor: no new aggregator takes over
+    before = _aggregator_pids()
     run = Simvue(close_timeout=600)
     run.init(name="lost-aggregator")
     other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_STOPPED], stdout=subprocess.PIPE, text=True)
-    aggregator = _aggregator_pid()
+    (aggregator,) = _aggregator_pids() - before
     try:
         run.log({"v": 0.0})
         wait_until(lambda: len(only_run(store).ranks) == 2, 60, what="the other rank to join")
