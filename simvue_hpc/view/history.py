@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from ..records import Record, RecordType
 from ..store import RECORDS_NAME, RunView, read_records
+from ..store.runs import fold_record
 
 MetricFilter = Callable[[str], bool]
 
@@ -110,46 +111,15 @@ class HistoryFolder:
         return end
 
     def _fold(self, rec: Record) -> None:
-        p, v = rec.payload, self.history.view
-        match rec.type:
-            case RecordType.METRICS:
-                self._metrics(p)
-            case RecordType.RUN:
-                v.id = str(p.get("id") or v.id)
-                v.name = p.get("name")
-                v.folder = p.get("folder") or "/"
-                v.description = p.get("description")
-                v.tags = list(dict.fromkeys(p.get("tags") or []))
-                v.metadata = dict(p.get("metadata") or {})
-                v.created_us = p.get("created_us")
-                v.system = dict(p.get("system") or {})
-                v.job = dict(p.get("job") or {})
-            case RecordType.RUN_UPDATE:
-                for key in ("name", "description", "folder"):
-                    if key in p:
-                        setattr(v, key, p[key])
-                v.metadata.update(p.get("metadata") or {})
-                v.tags = list(dict.fromkeys([*v.tags, *(p.get("tags") or [])]))
-            case RecordType.STATUS:
-                v.status = p.get("status", v.status)
-            case RecordType.END:
-                v.status = p.get("status", v.status)
-                v.ended_us = p.get("time_us")
-                v.end = p
-            case RecordType.RANK if isinstance(p.get("rank"), int):
-                v.ranks[p["rank"]] = p
-                self.history.rank_changes.append(p)
-            case RecordType.EVENT:
-                v.events.append(p)
-            case RecordType.FILE:
-                v.files.append(p)
-            case RecordType.ALERT:
-                v.alerts.append(p)
-            case RecordType.ALERT_STATE:
-                v.alert_states[str(p.get("name"))] = p
-                self.history.alert_changes.append(p)
-            case RecordType.FOLDER:
-                v.folder_details.append(p)
+        p = rec.payload
+        if rec.type == RecordType.METRICS:
+            self._metrics(p)
+            return
+        fold_record(self.history.view, rec)
+        if rec.type == RecordType.RANK and isinstance(p.get("rank"), int):
+            self.history.rank_changes.append(p)
+        elif rec.type == RecordType.ALERT_STATE:
+            self.history.alert_changes.append(p)
 
     def _metrics(self, p: dict[str, Any]) -> None:
         ids, wanted = self._lookup(p["names"])
