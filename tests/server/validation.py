@@ -272,17 +272,23 @@ def validate_run(body: Any, *, create: bool) -> dict[str, Any]:
 # --- metrics and events --------------------------------------------------------------------------------
 
 
-def validate_metrics(body: Any) -> tuple[str, list[dict[str, Any]]]:
-    """Validate a metrics batch; returns (run id, records)."""
+def _batch(body: Any, key: str) -> tuple[Checker, Any, Any]:
+    """The run id and the list under ``key`` of a batch body, checked (the checker goes on with the items)."""
     data = parse_body(body)
     checker = Checker()
     run = checker.field(data, "run", ("body",), required=True)
-    records = checker.field(data, "metrics", ("body",), required=True)
+    items = checker.field(data, key, ("body",), required=True)
     if run is not _MISSING:
         checker.string(run, ("body", "run"))
-    if records is not _MISSING and not isinstance(records, list):
-        checker.fail(("body", "metrics"), "Input should be a valid list", "list_type", records)
+    if items is not _MISSING and not isinstance(items, list):
+        checker.fail(("body", key), "Input should be a valid list", "list_type", items)
     checker.done()
+    return checker, run, items
+
+
+def validate_metrics(body: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Validate a metrics batch; returns (run id, records)."""
+    checker, run, records = _batch(body, "metrics")
     for i, record in enumerate(records):
         loc: Loc = ("body", "metrics", i)
         entry = checker.mapping(record, loc)
@@ -315,15 +321,7 @@ def validate_metrics(body: Any) -> tuple[str, list[dict[str, Any]]]:
 
 def validate_events(body: Any) -> tuple[str, list[dict[str, Any]]]:
     """Validate an events batch; returns (run id, events with log_level defaulted to info)."""
-    data = parse_body(body)
-    checker = Checker()
-    run = checker.field(data, "run", ("body",), required=True)
-    events = checker.field(data, "events", ("body",), required=True)
-    if run is not _MISSING:
-        checker.string(run, ("body", "run"))
-    if events is not _MISSING and not isinstance(events, list):
-        checker.fail(("body", "events"), "Input should be a valid list", "list_type", events)
-    checker.done()
+    checker, run, events = _batch(body, "events")
     out: list[dict[str, Any]] = []
     for i, event in enumerate(events):
         loc: Loc = ("body", "events", i)
