@@ -11,7 +11,7 @@ import datetime
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 RUN_NAME_PATTERN = r"^[a-zA-Z0-9\-\_\s\/\.:]+$"
 FOLDER_PATTERN = r"^/.*"
@@ -51,8 +51,10 @@ class Checker:
     def __init__(self) -> None:
         self.errors: list[dict[str, Any]] = []
 
-    def fail(self, loc: Loc, msg: str, type_: str, value: Any = None) -> None:
+    def fail(self, loc: Loc, msg: str, type_: str, value: Any = None) -> Literal[False]:
+        """Record an error; False, for the checks that return whether the value passed."""
         self.errors.append({"type": type_, "loc": list(loc), "msg": msg, "input": value})
+        return False
 
     def done(self) -> None:
         if self.errors:
@@ -76,44 +78,37 @@ class Checker:
         if value is None and nullable:
             return True
         if not isinstance(value, str):
-            self.fail(loc, "Input should be a valid string", "string_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid string", "string_type", value)
         if pattern and not re.match(pattern, value):
-            self.fail(loc, f"String should match pattern '{pattern}'", "string_pattern_mismatch", value)
-            return False
+            return self.fail(loc, f"String should match pattern '{pattern}'", "string_pattern_mismatch", value)
         return True
 
     def number(self, value: Any, loc: Loc, *, nullable: bool = False) -> bool:
         if value is None and nullable:
             return True
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(loc, "Input should be a valid number", "float_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid number", "float_type", value)
         return True
 
     def integer(self, value: Any, loc: Loc, *, minimum: int | None = None, nullable: bool = False) -> bool:
         if value is None and nullable:
             return True
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(loc, "Input should be a valid integer", "int_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid integer", "int_type", value)
         if minimum is not None and value < minimum:
-            self.fail(loc, f"Input should be greater than or equal to {minimum}", "greater_than_equal", value)
-            return False
+            return self.fail(loc, f"Input should be greater than or equal to {minimum}", "greater_than_equal", value)
         return True
 
     def boolean(self, value: Any, loc: Loc) -> bool:
         if not isinstance(value, bool):
-            self.fail(loc, "Input should be a valid boolean", "bool_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid boolean", "bool_type", value)
         return True
 
     def choice(self, value: Any, loc: Loc, options: Iterable[str]) -> bool:
         options = tuple(options)
         if value not in options:
             expected = ", ".join(f"'{o}'" for o in options[:-1]) + f" or '{options[-1]}'"
-            self.fail(loc, f"Input should be {expected}", "literal_error", value)
-            return False
+            return self.fail(loc, f"Input should be {expected}", "literal_error", value)
         return True
 
     def timestamp(self, value: Any, loc: Loc, *, nullable: bool = False) -> bool:
@@ -129,14 +124,12 @@ class Checker:
             except ValueError:  # Python 3.10 only parses 3 or 6 fraction digits
                 datetime.datetime.strptime(value, TIMESTAMP_FORMAT)
         except ValueError:
-            self.fail(loc, f"Value error, timestamp must use format {TIMESTAMP_FORMAT}", "value_error", value)
-            return False
+            return self.fail(loc, f"Value error, timestamp must use format {TIMESTAMP_FORMAT}", "value_error", value)
         return True
 
     def string_list(self, value: Any, loc: Loc, *, pattern: str | None = None) -> bool:
         if not isinstance(value, list):
-            self.fail(loc, "Input should be a valid list", "list_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid list", "list_type", value)
         return all([self.string(item, (*loc, i), pattern=pattern) for i, item in enumerate(value)])
 
     def keyed_mapping(self, value: Any, loc: Loc, *, nullable: bool = True) -> bool:
@@ -371,14 +364,19 @@ def validate_artifact(body: Any) -> dict[str, Any]:
     }
 
 
-def validate_category(body: Any) -> str:
+def _required_choice(body: Any, key: str, choices: tuple[str, ...]) -> str:
+    """The body's ``key``, which must be one of ``choices``."""
     data = parse_body(body)
     checker = Checker()
-    category = checker.field(data, "category", ("body",), required=True)
-    if category is not _MISSING:
-        checker.choice(category, ("body", "category"), CATEGORIES)
+    value = checker.field(data, key, ("body",), required=True)
+    if value is not _MISSING:
+        checker.choice(value, ("body", key), choices)
     checker.done()
-    return str(category)
+    return str(value)
+
+
+def validate_category(body: Any) -> str:
+    return _required_choice(body, "category", CATEGORIES)
 
 
 # --- alerts --------------------------------------------------------------------------------------------
@@ -470,13 +468,7 @@ def _event_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str,
 
 
 def validate_alert_state(body: Any) -> str:
-    data = parse_body(body)
-    checker = Checker()
-    status = checker.field(data, "status", ("body",), required=True)
-    if status is not _MISSING:
-        checker.choice(status, ("body", "status"), ALERT_STATES)
-    checker.done()
-    return str(status)
+    return _required_choice(body, "status", ALERT_STATES)
 
 
 def finite_or_none(value: float) -> float | None:
