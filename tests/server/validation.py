@@ -399,10 +399,12 @@ def validate_alert(body: Any) -> dict[str, Any]:
         if flag in data:
             checker.boolean(data[flag], ("body", flag))
     definition: dict[str, Any] | None = None
-    if source == "metrics":
-        definition = _metric_alert_definition(checker, data)
-    elif source == "events":
-        definition = _event_alert_definition(checker, data)
+    if source in ("metrics", "events"):  # these sources carry an alert mapping
+        loc: Loc = ("body", "alert")
+        alert = checker.mapping(checker.field(data, "alert", ("body",), required=True), loc)
+        if alert is not None:
+            define = _metric_alert_definition if source == "metrics" else _event_alert_definition
+            definition = define(checker, alert, loc)
     checker.done()
     doc: dict[str, Any] = {
         "name": name,
@@ -421,11 +423,7 @@ def _positive_int(checker: Checker, value: Any, loc: Loc) -> None:
     checker.integer(value, loc, minimum=1)
 
 
-def _metric_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str, Any] | None:
-    loc: Loc = ("body", "alert")
-    alert = checker.mapping(checker.field(data, "alert", ("body",), required=True), loc)
-    if alert is None:
-        return None
+def _metric_alert_definition(checker: Checker, alert: dict[str, Any], loc: Loc) -> dict[str, Any]:
     rule = checker.field(alert, "rule", loc, required=True)
     metric = checker.field(alert, "metric", loc, required=True)
     if rule is not _MISSING:
@@ -454,11 +452,7 @@ def _metric_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str
     return out
 
 
-def _event_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str, Any] | None:
-    loc: Loc = ("body", "alert")
-    alert = checker.mapping(checker.field(data, "alert", ("body",), required=True), loc)
-    if alert is None:
-        return None
+def _event_alert_definition(checker: Checker, alert: dict[str, Any], loc: Loc) -> dict[str, Any]:
     pattern = checker.field(alert, "pattern", loc, required=True)
     if pattern is not _MISSING:
         checker.string(pattern, (*loc, "pattern"))
