@@ -208,12 +208,13 @@ def check_header(data: bytes, path: Path) -> None:
         raise StoreError(f"{path}: unsupported record-log format version {version}")
 
 
-def decode_metrics(payload: Mapping[str, Any], copy: bool = True) -> dict[str, Any]:
+def decode_metrics(payload: Mapping[str, Any], copy: bool = True, names_checked: bool = False) -> dict[str, Any]:
     """Decode a columnar METRICS payload into numpy arrays; ValueError/KeyError/TypeError if bad.
 
-    With copy=False the arrays are read-only views of the payload's bytes."""
+    With copy=False the arrays are read-only views of the payload's bytes; names_checked skips
+    checking a names list already known to be a list of strings."""
     names = payload["names"]
-    if not isinstance(names, list) or (names and set(map(type, names)) != {str}):
+    if not names_checked and (not isinstance(names, list) or (names and set(map(type, names)) != {str})):
         raise TypeError("names must be a list of strings")
     cols = {key: np.frombuffer(payload[key], dtype=dt) for key, dt in METRIC_COLUMNS.items()}
     if copy:
@@ -227,17 +228,61 @@ def decode_metrics(payload: Mapping[str, Any], copy: bool = True) -> dict[str, A
     return {"names": names, **cols, "late": bool(payload.get("late", False))}
 
 
-def decode_record(offset: int, end: int, code: int, data: bytes | memoryview, copy: bool = True) -> Record | None:
+NamesCache = dict[bytes, list[str]]
+_NAMES_CACHE_SIZE = 64
+
+
+def _unpack_metrics(data: bytes | memoryview, cache: NamesCache) -> dict[str, Any]:
+    """Unpack a METRICS payload as msgpack.unpackb would, but take its names list from cache when
+    the same encoded list was seen before (a run repeats its lists record after record): the
+    same list object, decoded and checked once."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    payload: dict[Any, Any] = {}
+    for _ in range(unpacker.read_map_header()):
+        key = unpacker.unpack()
+        if key != "names":
+            payload[key] = unpacker.unpack()
+            continue
+        start = unpacker.tell()
+        unpacker.skip()
+        raw = bytes(data[start : unpacker.tell()])
+        names = cache.get(raw)
+        if names is None:
+            names = msgpack.unpackb(raw, raw=False)
+            if not isinstance(names, list) or (names and set(map(type, names)) != {str}):
+                raise TypeError("names must be a list of strings")
+            if len(cache) >= _NAMES_CACHE_SIZE:
+                cache.clear()
+            cache[raw] = names
+        payload[key] = names
+    if unpacker.tell() != len(data):
+        raise ValueError("extra bytes after the payload")
+    return payload
+
+
+def decode_record(
+    offset: int,
+    end: int,
+    code: int,
+    data: bytes | memoryview,
+    copy: bool = True,
+    names_cache: NamesCache | None = None,
+) -> Record | None:
     """Decode one CRC-checked record; None if it cannot be (an unknown type or a bad payload).
 
-    With copy=False a METRICS record's columns are read-only views of its payload."""
+    With copy=False a METRICS record's columns are read-only views of its payload. With a
+    names_cache, METRICS records with an identical names list share one list object."""
     try:
         rtype = RecordType(code)
-        payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if not isinstance(payload, dict):
-            return None
-        if rtype is RecordType.METRICS:
-            payload = decode_metrics(payload, copy)
+        if rtype is RecordType.METRICS and names_cache is not None:
+            payload = decode_metrics(_unpack_metrics(data, names_cache), copy, names_checked=True)
+        else:
+            payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(payload, dict):
+                return None
+            if rtype is RecordType.METRICS:
+                payload = decode_metrics(payload, copy)
     except Exception:  # any decoding failure, whatever msgpack or numpy raise, is a corrupt record
         return None
     return Record(offset, end, rtype, payload)

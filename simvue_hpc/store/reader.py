@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, StoreError
 from ..records import Record, RecordType
-from .format import HEADER_SIZE, RECORD, RECORD_HEADER_SIZE, check_header, decode_record
+from .format import HEADER_SIZE, RECORD, RECORD_HEADER_SIZE, NamesCache, check_header, decode_record
 
 __all__ = ["INCOMPLETE", "Damage", "read_records"]
 
@@ -92,7 +92,7 @@ class _Window:
         return memoryview(self._buf)[lo : lo + n]
 
 
-def _record_at(win: _Window, offset: int, copy: bool = True) -> Record | str:
+def _record_at(win: _Window, offset: int, copy: bool = True, names: NamesCache | None = None) -> Record | str:
     """The valid record at offset, or why there is none."""
     head = win.view(offset, RECORD_HEADER_SIZE)
     if len(head) < RECORD_HEADER_SIZE:
@@ -108,7 +108,7 @@ def _record_at(win: _Window, offset: int, copy: bool = True) -> Record | str:
         return BAD_CRC
     if code not in _TYPE_CODES:
         return BAD_TYPE
-    return decode_record(offset, end, code, data, copy) or BAD_PAYLOAD
+    return decode_record(offset, end, code, data, copy, names) or BAD_PAYLOAD
 
 
 def _plausible(block: np.ndarray, count: int) -> np.ndarray:
@@ -159,11 +159,13 @@ def _resync(win: _Window, pos: int) -> int | None:
     return None
 
 
-def _scan(f: BinaryIO, start: int, damage: list[Damage] | None, copy: bool) -> Iterator[Record]:
+def _scan(
+    f: BinaryIO, start: int, damage: list[Damage] | None, copy: bool, names: NamesCache | None
+) -> Iterator[Record]:
     win = _Window(f)
     offset = start
     while offset < win.size or offset < win.refresh():
-        found = _record_at(win, offset, copy)
+        found = _record_at(win, offset, copy, names)
         if isinstance(found, Record):
             yield found
             offset = found.end
@@ -181,10 +183,15 @@ def _scan(f: BinaryIO, start: int, damage: list[Damage] | None, copy: bool) -> I
 
 
 def read_records(
-    path: Path | str, start: int = HEADER_SIZE, damage: list[Damage] | None = None, copy: bool = True
+    path: Path | str,
+    start: int = HEADER_SIZE,
+    damage: list[Damage] | None = None,
+    copy: bool = True,
+    names_cache: NamesCache | None = None,
 ) -> Iterator[Record]:
     """Yield the valid records of a log from offset start, skipping damage (appended to
-    ``damage`` when given, in file order). With copy=False, METRICS columns are read-only views.
+    ``damage`` when given, in file order). With copy=False, METRICS columns are read-only views;
+    with a names_cache (an empty dict to start), METRICS records repeating a names list share it.
 
     Raises StoreError if the file cannot be read or its header is missing or not ours.
     """
@@ -194,6 +201,6 @@ def read_records(
     try:
         with open(path, "rb") as f:
             check_header(f.read(HEADER_SIZE), path)
-            yield from _scan(f, start, damage, copy)
+            yield from _scan(f, start, damage, copy, names_cache)
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc}") from exc

@@ -71,9 +71,9 @@ class RunView:
 
     @property
     def damaged(self) -> bool:
-        """Whether records were lost to damage (an incomplete record at the end, as a running
-        writer leaves it, does not count)."""
-        return any(not d.torn for d in self.damage)
+        """Whether records were lost to damage (an incomplete record at the end of a run that has
+        not ended, as a running writer leaves it, does not count)."""
+        return any(not d.torn or self.end is not None for d in self.damage)
 
 
 def load_run(run_dir: Path | str) -> RunView:

@@ -105,7 +105,7 @@ class _Summariser:
         """What a record's names list maps to (remembered for the next records with the same list)."""
         key = (len(names), names[0], names[-1]) if names else (0, "", "")
         hit = self._cache.get(key)
-        if hit is not None and hit.names == names:  # compared without hashing every name
+        if hit is not None and (hit.names is names or hit.names == names):  # the reader shares repeated lists
             return hit
         ids = []
         for name in names:
@@ -193,7 +193,7 @@ def load_summary(run_dir: Path | str, metrics: str | NameFilter | None = None) -
     run_dir = Path(run_dir)
     view = RunView(id=run_dir.name, run_dir=run_dir)
     acc = _Summariser(_name_filter(metrics))
-    for rec in read_records(run_dir / RECORDS_NAME, damage=view.damage, copy=False):
+    for rec in read_records(run_dir / RECORDS_NAME, damage=view.damage, copy=False, names_cache={}):
         if rec.type is RecordType.METRICS:
             acc.add(rec.payload)
         else:

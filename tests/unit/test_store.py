@@ -318,6 +318,9 @@ def test_truncation_anywhere_in_the_last_record_keeps_the_others(tmp_path: Path,
         assert list(read_records(cut_path)) == good, i
 
 
+_EMPTY = {"name_id": b"", "step": b"", "time_us": b"", "value": b""}
+
+
 def test_valid_crc_but_undecodable_records_are_skipped_as_damage(tmp_path: Path) -> None:
     path, _ = _write_sample(tmp_path)
     n = len(list(read_records(path)))
@@ -330,14 +333,19 @@ def test_valid_crc_but_undecodable_records_are_skipped_as_damage(tmp_path: Path)
             _raw_record(RecordType.METRICS, msgpack.packb({"names": [], "name_id": b"\x01", "step": b""})),
             "undecodable payload",
         ),
+        (_raw_record(RecordType.METRICS, msgpack.packb({"names": [1], **_EMPTY})), "undecodable payload"),
+        (_raw_record(RecordType.METRICS, msgpack.packb({"names": "ab", **_EMPTY})), "undecodable payload"),
+        (_raw_record(RecordType.METRICS, msgpack.packb({"names": [], **_EMPTY}) + b"\x00"), "undecodable payload"),
+        (_raw_record(RecordType.METRICS, msgpack.packb([["a"], 1])), "undecodable payload"),
     ):
         tail = bad + _raw_record(RecordType.STATUS, msgpack.packb({"status": "after"}))
         copy = tmp_path / "copy.svr"
         copy.write_bytes(path.read_bytes() + tail)
-        damage: list[Damage] = []
-        records = list(read_records(copy, damage=damage))
-        assert len(records) == n + 1 and records[-1].payload == {"status": "after"}
-        assert damage == [Damage(size, size + len(bad), reason, records=1)]
+        for cache in (None, {}):
+            damage: list[Damage] = []
+            records = list(read_records(copy, damage=damage, names_cache=cache))
+            assert len(records) == n + 1 and records[-1].payload == {"status": "after"}
+            assert damage == [Damage(size, size + len(bad), reason, records=1)]
 
 
 # --- property test -------------------------------------------------------------------------------
@@ -634,3 +642,16 @@ def test_reopen_refusals_and_leftovers(tmp_path: Path) -> None:
         RunWriter.reopen(tmp_path, "r", max_record_bytes=10)
     RunWriter.reopen(tmp_path, "r").close()
     assert list(w.files_dir.iterdir()) == []
+
+
+def test_a_names_cache_shares_repeated_names_lists(tmp_path: Path) -> None:
+    with RunWriter.create(tmp_path, "r") as w:
+        for step in range(3):
+            w.append_metrics(["a", "b"], [0, 1], [step, step], [T0, T0], [1.0, 2.0])
+        w.append_metrics(["b", "a"], [0, 1], [5, 5], [T0, T0], [3.0, 4.0])
+    plain = list(read_records(w.records_path))
+    cached = list(read_records(w.records_path, names_cache={}))
+    for a, b in zip(plain, cached, strict=True):
+        _assert_columns_equal(b.payload, a.payload)
+    assert cached[0].payload["names"] is cached[1].payload["names"] is cached[2].payload["names"]
+    assert cached[3].payload["names"] == ["b", "a"]

@@ -95,6 +95,15 @@ def test_a_torn_tail_is_reported_but_is_not_damage_to_the_run(tmp_path: Path) ->
     assert view.status == "running" and not view.damaged and view.damage == damage
 
 
+def test_a_torn_record_after_the_end_is_damage(tmp_path: Path) -> None:
+    path, _ = _write_run(tmp_path, n_events=2)
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x06\x82")  # a header whose payload never came
+    view = load_run(path.parent)
+    assert view.status == "completed" and view.damage[0].torn
+    assert view.damaged  # nothing follows an END: what is there was lost
+
+
 def test_garbage_appended_or_inserted(tmp_path: Path) -> None:
     path, good = _write_run(tmp_path, n_events=3)
     data = path.read_bytes()
@@ -184,6 +193,10 @@ def test_fuzz_the_reader_never_raises_and_keeps_every_intact_record(
         path = Path(tmp) / "records.svr"
         path.write_bytes(data)
         records, damage = _read(path)
+        cached_damage: list[Damage] = []
+        cached = list(read_records(path, damage=cached_damage, names_cache={}))
+    assert cached_damage == damage and len(cached) == len(records)  # the names cache changes nothing
+    assert all(map(_same, records, cached))
     assert len(records) == len(expect)
     assert all(_same(a, b) for a, b in zip(expect, records, strict=True))
     # what was read and what is reported as damaged cover the file, in order, without overlap
