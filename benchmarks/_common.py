@@ -7,6 +7,7 @@ configuration is read and nothing is written outside the temporary directory.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,28 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
             except ValueError:
                 out[key] = value
     return out
+
+
+def add_settings_args(ap: argparse.ArgumentParser) -> None:
+    """``--set NAME=VALUE`` (repeatable, read by :func:`parse_settings`) and ``--keep``."""
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)",
+    )
+    ap.add_argument("--keep", action="store_true")
+
+
+def metric_payloads(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """The payloads of a stored run's metric records, in the order they were written."""
+    from simvue_hpc.records import RecordType
+    from simvue_hpc.store import RECORDS_NAME, read_records
+
+    for rec in read_records(run_dir / RECORDS_NAME):
+        if rec.type == RecordType.METRICS:
+            yield rec.payload
 
 
 def python() -> str:

@@ -161,14 +161,7 @@ def main() -> int:
     ap.add_argument("--hz", type=float, default=1000.0, help="log calls per second per process")
     ap.add_argument("--metrics", type=int, default=10)
     ap.add_argument("--aggregator", default="process", choices=("process", "thread"))
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)",
-    )
-    ap.add_argument("--keep", action="store_true")
+    C.add_settings_args(ap)
     args = ap.parse_args()
     settings = C.parse_settings(args.set)
     P = args.processes or (4 if args.quick else 64)

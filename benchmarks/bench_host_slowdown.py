@@ -262,14 +262,7 @@ def main() -> int:
     ap.add_argument("--pin", action="store_true",
                     help="bind rank 0 (and so its threads and children) to CPU 0 and every other process to the "
                          "other CPUs, as mpiexec --bind-to core would")  # fmt: skip
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a simvue_hpc setting for the run, e.g. --set step_timeout=1 (repeatable)",
-    )
-    ap.add_argument("--keep", action="store_true")
+    C.add_settings_args(ap)
     args = ap.parse_args()
     args.settings = C.parse_settings(args.set)
     args.loggers = args.loggers or (2 if args.quick else 8)

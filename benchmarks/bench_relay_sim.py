@@ -233,16 +233,12 @@ def feed(endpoint: str, args: argparse.Namespace, root_pid: int) -> dict[str, An
 
 
 def check(store: Path, args: argparse.Namespace, steps: int) -> dict[str, Any]:
-    from simvue_hpc.records import RecordType
-    from simvue_hpc.store import RECORDS_NAME, list_runs, read_records
+    from simvue_hpc.store import list_runs
 
     run = list_runs(store)[0]
     stored: dict[tuple[str, int], float] = {}
     late = 0
-    for rec in read_records(run.run_dir / RECORDS_NAME):
-        if rec.type != RecordType.METRICS:
-            continue
-        p = rec.payload
+    for p in C.metric_payloads(run.run_dir):
         if p["late"]:
             late += 1
             continue

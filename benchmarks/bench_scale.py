@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,7 @@ def run_c_job(
 
 def check_store(store: Path, procs: int, steps: int, metrics: int) -> dict[str, Any]:
     """Every stored (metric, step) against the inputs; late records counted apart."""
-    from simvue_hpc.records import RecordType
-    from simvue_hpc.store import RECORDS_NAME, list_runs, read_records
+    from simvue_hpc.store import list_runs
 
     runs = list_runs(store)
     if len(runs) != 1:
@@ -193,10 +193,7 @@ def check_store(store: Path, procs: int, steps: int, metrics: int) -> dict[str, 
     late_records = 0
     late_points = 0
     duplicates = 0
-    for rec in read_records(run.run_dir / RECORDS_NAME):
-        if rec.type != RecordType.METRICS:
-            continue
-        p = rec.payload
+    for p in C.metric_payloads(run.run_dir):
         if p["late"]:
             late_records += 1
             late_points += len(p["value"])
@@ -320,28 +317,30 @@ def part1(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- part 2
+def _paced_steps(seconds: float, hz: float) -> Iterator[int]:
+    """Steps 0, 1, ... at ``hz`` a second for ``seconds``, each yielded when it is due."""
+    start = time.monotonic()
+    for s in range(round(seconds * hz)):
+        delay = start + s / hz - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        yield s
+
+
 def _official_child(rank: int, seconds: float, hz: float, metrics: int) -> None:
     import simvue
 
     run = simvue.Run(mode="offline")
     run.init(name=f"bench-scale-official-{rank}", folder="/bench")
     names = [f"m{m:02d}" for m in range(metrics)]
-    start = time.monotonic()
-    for s in range(round(seconds * hz)):
-        delay = start + s / hz - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    for s in _paced_steps(seconds, hz):
         run.log_metrics({n: float(value(np.int64(rank), m, s)) for m, n in enumerate(names)}, step=s)
     run.close()
 
 
 def _hpc_child(run: Any, rank: int, seconds: float, hz: float, metrics: int) -> None:
     names = [f"m{m:02d}" for m in range(metrics)]
-    start = time.monotonic()
-    for s in range(round(seconds * hz)):
-        delay = start + s / hz - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    for s in _paced_steps(seconds, hz):
         run.log({n: float(value(np.int64(rank), m, s)) for m, n in enumerate(names)}, step=s)
     run.close()
 

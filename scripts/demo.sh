@@ -3,10 +3,8 @@
 # needed), show the resulting run and write its HTML report (the last line is the report's path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[mpi,view]'
+source scripts/_venv.sh
+venv_with mpi,view
 export PATH="$PWD/.venv/bin:$PATH"
 export SIMVUE_OFFLINE_DIRECTORY=${SIMVUE_OFFLINE_DIRECTORY:-$PWD/.simvue_hpc}
 name="heat-1d-$(date +%Y%m%d-%H%M%S)"

@@ -25,18 +25,5 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_c_deps: no apt-get here; install yourself: ${missing[*]} (or their equivalents)" >&2
-    exit 1
-fi
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-else
-    SUDO=
-fi
-echo "install_c_deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-    || $SUDO apt-get install -y --no-install-recommends "${missing[@]}"   # again, loudly, to show why
-echo "install_c_deps: done"
+source scripts/_apt.sh
+apt_install install_c_deps "${missing[@]}"

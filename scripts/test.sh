@@ -4,10 +4,8 @@
 # and a smoke run of the benchmarks at tiny sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+source scripts/_venv.sh
+venv_with dev
 bash scripts/install_c_deps.sh       # cmake, libzmq, gfortran from Debian, for the C and Fortran client
 bash scripts/install_slurm.sh        # slurmctld, slurmd, munge from Debian: tests/slurm starts a real Slurm
 bash scripts/install_chromium.sh     # Debian's Chromium: the HTML report is loaded in a real headless browser

@@ -26,11 +26,11 @@ from . import hooks, roles
 from .aggregator.reduce import parse_reductions
 from .config import HPCSettings
 from .errors import ConfigurationError, RoleError, RunAborted, SimvueHPCError
-from .names import check_folder, check_metadata, check_run_name, check_tags
+from .names import check_folder, check_metadata, check_tags
 from .official import OfficialAlerts
 from .protocol import AlertDefinition, AlertState, Event, FolderDetails, RunUpdate, Status
 from .reporter import Reporter
-from .runspec import attach_environment
+from .runspec import attach_environment, run_fields
 
 if TYPE_CHECKING:
     from .aggregator.loop import ProcessHost, ThreadHost
@@ -96,13 +96,7 @@ class Simvue(OfficialAlerts):
         Under MPI every rank must call it: it broadcasts the aggregator's endpoint once."""
         if self._reporter is not None:
             raise SimvueHPCError("init() was already called on this run")
-        run: dict[str, Any] = {
-            "name": check_run_name(name) if name is not None else None,
-            "metadata": check_metadata(metadata),
-            "tags": check_tags(tags),
-            "description": description if description is None else str(description),
-            "folder": check_folder("/" if folder is None else folder),
-        }
+        run = run_fields(name, metadata, tags, description, folder)
         placement = roles.detect()
         if placement.kind == "attach":
             self._marks_termination = placement.owner == "sidecar"  # a pool's terminate() is routine

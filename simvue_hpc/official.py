@@ -6,9 +6,14 @@ A mixin of :class:`~simvue_hpc.api.Simvue`: each builds a definition (``alerts``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .alerts.definitions import MetricAlertOptions
 
 
 class OfficialAlerts:
@@ -25,32 +30,15 @@ class OfficialAlerts:
         threshold: float,
         rule: str,
         *,
-        description: str | None = None,
-        window: float | None = None,
-        frequency: float = 1,
-        aggregation: str = "average",
-        notification: str = "none",
-        trigger_abort: bool = False,
         attach_to_run: bool = True,
+        **options: Unpack[MetricAlertOptions],
     ) -> str:
         """The official client's metric threshold alert (``is above``/``is below``; minutes).
         Evaluated by the aggregator on the reduced values; returns the alert's name, its id here."""
         from .alerts import metric_threshold_alert
 
         _only_attached(attach_to_run)
-        definition = metric_threshold_alert(
-            name,
-            metric,
-            threshold,
-            rule,
-            description=description,
-            window=window,
-            frequency=frequency,
-            aggregation=aggregation,
-            notification=notification,
-            trigger_abort=trigger_abort,
-        )
-        self._define(definition)
+        self._define(metric_threshold_alert(name, metric, threshold, rule, **options))
         return name
 
     def create_metric_range_alert(
@@ -61,32 +49,14 @@ class OfficialAlerts:
         range_high: float,
         rule: str,
         *,
-        description: str | None = None,
-        window: float | None = None,
-        frequency: float = 1,
-        aggregation: str = "average",
-        notification: str = "none",
-        trigger_abort: bool = False,
         attach_to_run: bool = True,
+        **options: Unpack[MetricAlertOptions],
     ) -> str:
         """The official client's metric range alert (``is inside range``/``is outside range``)."""
         from .alerts import metric_range_alert
 
         _only_attached(attach_to_run)
-        definition = metric_range_alert(
-            name,
-            metric,
-            range_low,
-            range_high,
-            rule,
-            description=description,
-            window=window,
-            frequency=frequency,
-            aggregation=aggregation,
-            notification=notification,
-            trigger_abort=trigger_abort,
-        )
-        self._define(definition)
+        self._define(metric_range_alert(name, metric, range_low, range_high, rule, **options))
         return name
 
     def create_event_alert(

@@ -13,17 +13,34 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import roles
 from .config import HPCSettings, ServerSettings
-from .names import generate_name
+from .names import check_folder, check_metadata, check_run_name, check_tags, generate_name
 
 if TYPE_CHECKING:
     from .aggregator.loop import AggregatorSpec
 
 log = logging.getLogger(__name__)
+
+
+def run_fields(
+    name: str | None,
+    metadata: Mapping[str, Any] | None,
+    tags: Sequence[str] | None,
+    description: str | None,
+    folder: str | None,
+) -> dict[str, Any]:
+    """The user's fields of a new run, checked (ValueError naming the field); ``folder=None`` is ``/``."""
+    return {
+        "name": check_run_name(name) if name is not None else None,
+        "metadata": check_metadata(metadata),
+        "tags": check_tags(tags),
+        "description": description if description is None else str(description),
+        "folder": check_folder("/" if folder is None else folder),
+    }
 
 
 def host_spec(

@@ -43,8 +43,7 @@ from typing import IO, Any
 from .aggregator.loop import ThreadHost
 from .config import HPCSettings
 from .errors import ConfigurationError
-from .names import check_folder, check_metadata, check_run_name, check_tags
-from .runspec import attach_environment, host_spec, job_info
+from .runspec import attach_environment, host_spec, job_info, run_fields
 
 log = logging.getLogger(__name__)
 
@@ -334,13 +333,7 @@ def run(
         raise ConfigurationError("no command to run: simvue-hpc run [OPTIONS] -- COMMAND [ARGS...]")
     if ranks is not None and (isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1):
         raise ConfigurationError(f"ranks must be a positive integer, not {ranks!r}")
-    fields = {
-        "name": check_run_name(name) if name is not None else None,
-        "metadata": check_metadata(metadata),
-        "tags": check_tags(tags),
-        "description": description if description is None else str(description),
-        "folder": check_folder("/" if folder is None else folder),
-    }
+    fields = run_fields(name, metadata, tags, description, folder)
     settings = HPCSettings.load()
     job = sidecar_job_info(command, settings, ranks)
     spec = host_spec(fields, job, settings, expected_ranks=ranks, host_rank=None)

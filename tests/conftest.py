@@ -7,11 +7,14 @@ temporary directory and runs the test from a temporary working directory, so tha
 ``zmq_context``/``zmq_socket`` (modelled on pyzmq's own test fixtures) hand a test real ZeroMQ sockets and
 close every one it made; the context is then terminated with a timeout, so a socket the code under test
 leaked fails the test instead of hanging the suite.
+
+``small_fs`` mounts a 3 MiB tmpfs (skipped without root) for the tests of a full disk.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,3 +104,18 @@ def zmq_socket(zmq_context: zmq.Context[Any]) -> Iterator[Callable[[int], zmq.So
     yield new_socket
     for sock in made:
         sock.close(linger=0)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a 3 MiB tmpfs (needs root): {exc}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)

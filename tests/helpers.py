@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import multiprocessing as mp
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from multiprocessing.context import ForkContext
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simvue_hpc.store import RunView, list_runs
+from simvue_hpc.store import RecordType, RunView, RunWriter, list_runs
+
+if TYPE_CHECKING:
+    from simvue_hpc import Simvue
 
 Point = tuple[str, int, float]  # metric, step, value
 
@@ -84,3 +92,26 @@ def wait_until(
             said = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout} s waiting for {said or condition}")
         time.sleep(interval)
+
+
+def store_file(w: RunWriter, path: Path, category: str, **record: Any) -> None:
+    """Store ``path``'s bytes in a run being written and append its FILE record: name, category,
+    sha256 and size, then ``record``'s fields."""
+    content = path.read_bytes()
+    sha = hashlib.sha256(content).hexdigest()
+    with w.begin_file(sha) as sink:
+        sink.write(content)
+        sink.commit()
+    w.append(RecordType.FILE, {"name": path.name, "category": category, "sha256": sha, "size": len(content), **record})
+
+
+def fork_pool_run(workers: int, name: str, **options: Any) -> tuple[ForkContext, Barrier, Simvue]:
+    """A fork context, a barrier for ``workers`` and a started run named ``name``: what a test keeps in
+    module globals before its pool forks, so that the workers inherit them."""
+    from simvue_hpc import Simvue
+
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(workers)
+    run = Simvue(**options)
+    run.init(name=name)
+    return ctx, barrier, run

@@ -428,6 +428,14 @@ static svh_options options(const fake *f) {
     return o;
 }
 
+/* Connects with o; on failure the check fails and the fake aggregator is stopped (the test returns). */
+static svh_client *connect_or_stop(fake *f, const svh_options *o) {
+    svh_client *h = svh_connect_opts(o);
+    CHECK_MSG(h != NULL, "%s", svh_last_error());
+    if (!h) fake_stop(f);
+    return h;
+}
+
 /* ---------------------------------------------------------------------------------- tests */
 typedef struct thread_arg {
     svh_client *h;
@@ -448,12 +456,8 @@ static void test_basic(void) {
     fake *f = fake_start(0);
     svh_options o = options(f);
     o.reductions = "t0=sum";
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     CHECK(svh_rank(h) == 5);
     CHECK(strcmp(svh_run_id(h), "fake-run-id") == 0 && strcmp(svh_run_name(h), "fake-run") == 0);
     pthread_mutex_lock(&f->mu);
@@ -548,12 +552,8 @@ static void test_timing_heartbeats_rank(void) {
     o.heartbeat_interval_ms = 100;
     o.rank = 3;
     o.size = 4;
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     CHECK(svh_rank(h) == 3);
     CHECK(svh_log(h, "one", 1.5, 7) == SVH_OK);
     WAIT_FOR(f, f->npoints == 1, 2000); /* leaves within the flush interval, no batch needed */
@@ -583,12 +583,8 @@ static void test_welcome_flush_interval(void) {
         fake *f = fake_start_flush(0, shorter ? 0.001 : 0.25);
         svh_options o = options(f);
         o.flush_interval_ms = shorter ? 200 : 10;
-        svh_client *h = svh_connect_opts(&o);
-        CHECK_MSG(h != NULL, "%s", svh_last_error());
-        if (!h) {
-            fake_stop(f);
-            return;
-        }
+        svh_client *h = connect_or_stop(f, &o);
+        if (!h) return;
         int64_t t0 = svh_monotonic_ms();
         for (int64_t step = 0; step < 120; ++step) {
             CHECK(svh_log(h, "x", (double)step, step) == SVH_OK);
@@ -617,12 +613,8 @@ static void write_file(const char *path, size_t n) {
 static void test_files(void) {
     fake *f = fake_start(0);
     svh_options o = options(f);
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     char dir[] = "/tmp/svh_files_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     char big[256], empty[256], small[256];
@@ -730,12 +722,8 @@ static void test_overflow_drop(void) {
     o.max_buffered_points = 1000;
     o.batch_points = 100;
     o.overflow = SVH_OVERFLOW_DROP;
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     atomic_store(&f->paused, 1); /* the aggregator stops reading */
     int64_t drops, max_call, first_drop;
     int64_t logged = flood(h, 5000, &drops, &max_call, &first_drop);
@@ -752,12 +740,8 @@ static void test_overflow_block(void) {
     o.batch_points = 100;
     o.overflow = SVH_OVERFLOW_BLOCK;
     o.overflow_timeout_ms = 300;
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     atomic_store(&f->paused, 1);
     int64_t drops, max_call, first_drop;
     int64_t logged = flood(h, 2000, &drops, &max_call, &first_drop);
@@ -806,12 +790,8 @@ static void test_block_then_recover(void) {
     o.max_buffered_points = 1000;
     o.batch_points = 100;
     o.overflow_timeout_ms = 10000;
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     atomic_store(&f->paused, 1);
     pthread_t resumer;
     resumer_arg ra = {f, h};
@@ -842,12 +822,8 @@ static void test_block_then_recover(void) {
 static void test_close_without_ack(void) {
     fake *f = fake_start(F_NO_ACK);
     svh_options o = options(f);
-    svh_client *h = svh_connect_opts(&o);
-    CHECK_MSG(h != NULL, "%s", svh_last_error());
-    if (!h) {
-        fake_stop(f);
-        return;
-    }
+    svh_client *h = connect_or_stop(f, &o);
+    if (!h) return;
     for (int k = 0; k < 10; ++k) svh_log(h, "x", k, k);
     int64_t t0 = svh_monotonic_ms();
     CHECK(svh_close(h, 300) == SVH_ETIMEOUT);

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -115,6 +115,18 @@ def _flag(name: str, field: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ConfigurationError(f"alert {name!r}: {field} must be True or False, got {value!r}")
     return bool(value)
+
+
+class MetricAlertOptions(TypedDict, total=False):
+    """The keyword options of :func:`metric_threshold_alert` and :func:`metric_range_alert`, named as in
+    the official client."""
+
+    description: str | None
+    window: float | None
+    frequency: float
+    aggregation: str
+    notification: str
+    trigger_abort: bool
 
 
 def metric_threshold_alert(

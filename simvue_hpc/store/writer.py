@@ -39,7 +39,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -82,6 +82,21 @@ def _check_max_record_bytes(value: int) -> None:
         raise ConfigurationError(f"max_record_bytes must be an integer, not {value!r}")
     if value < MIN_RECORD_BYTES:
         raise ConfigurationError(f"max_record_bytes must be at least {MIN_RECORD_BYTES}, not {value}")
+
+
+@contextlib.contextmanager
+def _locked_or_closed(fd: int, path: Path, what: str) -> Iterator[None]:
+    """Lock a run's opened log for this writer, then run the block; on any failure ``fd`` is closed
+    and an OSError becomes a StoreError saying ``what`` failed."""
+    try:
+        if not lock_file(fd, path):
+            raise StoreError(f"{path} is open by another writer")
+        yield
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise _os_error(what, path, exc) from exc
+        raise
 
 
 def _os_error(what: str, path: Path, exc: OSError) -> StoreError:
@@ -206,17 +221,10 @@ class RunWriter:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, PRIVATE_FILE_MODE)
         except OSError as exc:
             raise _os_error("cannot create", path, exc) from exc
-        try:
-            if not lock_file(fd, path):
-                raise StoreError(f"{path} is open by another writer")
+        with _locked_or_closed(fd, path, "cannot write"):
             write_all(fd, file_header())
             for directory in (run_dir, run_dir.parent):  # the new entries survive a machine crash
                 fsync_dir(directory)
-        except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, OSError):
-                raise _os_error("cannot write", path, exc) from exc
-            raise
         return cls(run_dir, fd, HEADER_SIZE, max_record_bytes)
 
     @classmethod
@@ -237,9 +245,7 @@ class RunWriter:
             raise RunNotFound(f"no run {run_id!r} in {root}") from exc
         except OSError as exc:
             raise _os_error("cannot open", path, exc) from exc
-        try:
-            if not lock_file(fd, path):
-                raise StoreError(f"{path} is open by another writer")
+        with _locked_or_closed(fd, path, "cannot reopen"):
             damage: list[Damage] = []
             end = HEADER_SIZE
             for rec in read_records(path, damage=damage, copy=False):
@@ -250,11 +256,6 @@ class RunWriter:
                 os.ftruncate(fd, end)
             for tmp in (run_dir / FILES_DIR).glob(f"{TMP_PREFIX}*"):
                 tmp.unlink(missing_ok=True)
-        except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, OSError):
-                raise _os_error("cannot reopen", path, exc) from exc
-            raise
         return cls(run_dir, fd, end, max_record_bytes)
 
     def append(self, rtype: RecordType | int, payload: Mapping[str, Any]) -> int:

@@ -23,26 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from simvue_hpc.protocol import (
-    MESSAGE_TYPES,
-    PROTOCOL_VERSION,
-    Event,
-    FileChunk,
-    FileOffer,
-    FileReply,
-    Goodbye,
-    GoodbyeAck,
-    Heartbeat,
-    Hello,
-    Message,
-    MetricBatch,
-    MsgType,
-    Notice,
-    Reject,
-    Status,
-    Welcome,
-    encode,
-)
+from simvue_hpc import protocol as p
+from simvue_hpc.protocol import MESSAGE_TYPES, PROTOCOL_VERSION, MsgType, encode
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 INDEX = GOLDEN / "index.json"
@@ -69,8 +51,8 @@ def bits(value: float) -> int:
 
 def metrics(
     names: list[str], name_id: list[int], step: list[int], time_ns: list[int], value: list[float]
-) -> MetricBatch:
-    return MetricBatch(
+) -> p.MetricBatch:
+    return p.MetricBatch(
         names=names,
         name_id=np.array(name_id, dtype=np.uint32),
         step=np.array(step, dtype=np.int64),
@@ -79,7 +61,7 @@ def metrics(
     )
 
 
-def _many() -> MetricBatch:
+def _many() -> p.MetricBatch:
     names = [f"m{k:02d}" for k in range(19)] + ["a_rather_long_metric_name/with/sub.parts"]
     n = 300
     return metrics(
@@ -92,12 +74,12 @@ def _many() -> MetricBatch:
 
 
 # (file name, sequence number, message): the inputs of c/tests/test_encoder.c, in the same order.
-CASES: list[tuple[str, int, Message]] = [
-    ("hello_spec", 0, Hello("k3y", 0, 2, "n1", 4242, "c 1")),
+CASES: list[tuple[str, int, p.Message]] = [
+    ("hello_spec", 0, p.Hello("k3y", 0, 2, "n1", 4242, "c 1")),
     (
         "hello_reductions",
         0,
-        Hello(
+        p.Hello(
             "0123456789abcdef0123456789abcdef",
             -1,
             0,
@@ -107,8 +89,8 @@ CASES: list[tuple[str, int, Message]] = [
             {"loss": ["mean", "max"], "mpi.rank": ["per_rank"], "sum/x": ["sum", "min", "std", "count"]},
         ),
     ),
-    ("hello_big_numbers", 0, Hello("s", 70_000, 100_000, "h", 128, "x")),
-    ("hello_liveness", 0, Hello("s", 3, 8, "h", 77, "x", start_time=123_456_789, pid_ns=4_026_531_836)),
+    ("hello_big_numbers", 0, p.Hello("s", 70_000, 100_000, "h", 128, "x")),
+    ("hello_liveness", 0, p.Hello("s", 3, 8, "h", 77, "x", start_time=123_456_789, pid_ns=4_026_531_836)),
     ("metrics_spec", 1, metrics(["loss", "acc"], [0, 1], [3, 3], [T, T], [0.5, 0.75])),
     (
         "metrics_special",
@@ -131,33 +113,33 @@ CASES: list[tuple[str, int, Message]] = [
     ),
     ("metrics_many", 2, _many()),
     ("metrics_empty", 3, metrics([], [], [], [], [])),
-    ("event_info", 4, Event("hello from C", T, "info")),
-    ("event_str8", 5, Event("event " * 20, T + 1, "error")),
-    ("event_str16_unicode", 300, Event("ünïcødé ✓ " * 30, T + 2, "warning")),
-    ("file_offer", 6, FileOffer(SHA_HELLO, 6, "data.txt", "output", "/tmp/run/data.txt", "text/plain", T)),
-    ("file_chunk", 7, FileChunk(SHA_HELLO, 0, False, bytes(range(256)) + b"hello" * 10)),
-    ("file_chunk_final_empty", 8, FileChunk(SHA_HELLO, 1 << 20, True, b"")),
-    ("status", 9, Status("failed", "rank 3 crashed")),
-    ("heartbeat", 10, Heartbeat(T, 123_456, 0)),
-    ("goodbye_empty", 11, Goodbye(0, 0)),
-    ("goodbye_dropped", 65536, Goodbye(5_000_000_000, 70_000, {"loss": 69_999, "énergie": 1})),
+    ("event_info", 4, p.Event("hello from C", T, "info")),
+    ("event_str8", 5, p.Event("event " * 20, T + 1, "error")),
+    ("event_str16_unicode", 300, p.Event("ünïcødé ✓ " * 30, T + 2, "warning")),
+    ("file_offer", 6, p.FileOffer(SHA_HELLO, 6, "data.txt", "output", "/tmp/run/data.txt", "text/plain", T)),
+    ("file_chunk", 7, p.FileChunk(SHA_HELLO, 0, False, bytes(range(256)) + b"hello" * 10)),
+    ("file_chunk_final_empty", 8, p.FileChunk(SHA_HELLO, 1 << 20, True, b"")),
+    ("status", 9, p.Status("failed", "rank 3 crashed")),
+    ("heartbeat", 10, p.Heartbeat(T, 123_456, 0)),
+    ("goodbye_empty", 11, p.Goodbye(0, 0)),
+    ("goodbye_dropped", 65536, p.Goodbye(5_000_000_000, 70_000, {"loss": 69_999, "énergie": 1})),
     # the aggregator's messages: the C client decodes them
-    ("welcome_spec", 0, Welcome(0, "r1", "demo")),
-    ("welcome_assigned", 0, Welcome(3, "abcdefghijklmnopqrstuv", "c-client-run")),
-    ("welcome_budget", 0, Welcome(7, "r2", "budget", 0.25)),
-    ("reject", 0, Reject("wrong secret for this run")),
-    ("file_reply_need", 1, FileReply(SHA_HELLO, "need")),
-    ("file_reply_error", 2, FileReply(SHA_HELLO, "error", "chunk out of order or past the size")),
-    ("goodbye_ack", 3, GoodbyeAck(4_000_000_000)),
-    ("notice", 4, Notice("warning", "slow down")),
+    ("welcome_spec", 0, p.Welcome(0, "r1", "demo")),
+    ("welcome_assigned", 0, p.Welcome(3, "abcdefghijklmnopqrstuv", "c-client-run")),
+    ("welcome_budget", 0, p.Welcome(7, "r2", "budget", 0.25)),
+    ("reject", 0, p.Reject("wrong secret for this run")),
+    ("file_reply_need", 1, p.FileReply(SHA_HELLO, "need")),
+    ("file_reply_error", 2, p.FileReply(SHA_HELLO, "error", "chunk out of order or past the size")),
+    ("goodbye_ack", 3, p.GoodbyeAck(4_000_000_000)),
+    ("notice", 4, p.Notice("warning", "slow down")),
 ]
 
 
 # ---------------------------------------------------------------------------------------------- JSON <-> message
-def to_json(name: str, seq: int, msg: Message) -> dict[str, Any]:
+def to_json(name: str, seq: int, msg: p.Message) -> dict[str, Any]:
     """The index entry of one case."""
     fields: dict[str, Any]
-    if isinstance(msg, MetricBatch):
+    if isinstance(msg, p.MetricBatch):
         fields = {
             "names": list(msg.names),
             "name_id": msg.name_id.tolist(),
@@ -166,7 +148,7 @@ def to_json(name: str, seq: int, msg: Message) -> dict[str, Any]:
             "value": [repr(float(v)) for v in msg.value.tolist()],
             "value_bits": [f"{bits(v):016x}" for v in msg.value.tolist()],
         }
-    elif isinstance(msg, FileChunk):
+    elif isinstance(msg, p.FileChunk):
         fields = {"sha256": msg.sha256, "offset": msg.offset, "final": msg.final, "data_hex": msg.data.hex()}
     else:
         fields = msg.body()
@@ -175,15 +157,15 @@ def to_json(name: str, seq: int, msg: Message) -> dict[str, Any]:
             "fields": fields}  # fmt: skip
 
 
-def from_json(entry: dict[str, Any]) -> Message:
+def from_json(entry: dict[str, Any]) -> p.Message:
     """The message an index entry describes."""
     cls = MESSAGE_TYPES[MsgType[entry["type"]]]
     fields = entry["fields"]
-    if cls is MetricBatch:
+    if cls is p.MetricBatch:
         return metrics(fields["names"], fields["name_id"], fields["step"], fields["time_ns"],
                        [f64(int(b, 16)) for b in fields["value_bits"]])  # fmt: skip
-    if cls is FileChunk:
-        return FileChunk(fields["sha256"], fields["offset"], fields["final"], bytes.fromhex(fields["data_hex"]))
+    if cls is p.FileChunk:
+        return p.FileChunk(fields["sha256"], fields["offset"], fields["final"], bytes.fromhex(fields["data_hex"]))
     return cls(**fields)
 
 

@@ -6,12 +6,9 @@ Runs on a real 3 MiB tmpfs (mounting needs root; without it the test is skipped 
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import zmq
 
 from simvue_hpc.aggregator.loop import AggregatorSpec, ThreadHost
@@ -20,21 +17,6 @@ from simvue_hpc.store import new_run_id
 
 SECRET = "disk-full-secret"
 NAMES = [f"metric_{i:02d}" for i in range(50)]
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a 3 MiB tmpfs (needs root): {exc}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def test_a_full_disk_stops_the_run_and_tells_the_ranks(small_fs: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from simvue_hpc import RunAborted, Simvue
 from simvue_hpc.errors import RunStopped
 from simvue_hpc.store import list_runs, load_run
-from tests.helpers import only_run, wait_until
+from tests.helpers import fork_pool_run, only_run, wait_until
 
 pytest_plugins = ["tests.server.fixtures"]
 
@@ -73,10 +72,7 @@ def _until_aborted(task: int) -> tuple[int, float]:
 
 def test_alert_with_abort_stops_every_rank(store: Path) -> None:
     global _run, _barrier
-    ctx = mp.get_context("fork")
-    _barrier = ctx.Barrier(WORKERS)
-    _run = Simvue(heartbeat_interval=0.5)
-    _run.init(name="abort-on-alert")
+    ctx, _barrier, _run = fork_pool_run(WORKERS, "abort-on-alert", heartbeat_interval=0.5)
     _run.create_metric_threshold_alert(
         "runaway", "u.max", 50, "is above", frequency=FAST_MINUTES, window=FAST_MINUTES, trigger_abort=True
     )
@@ -91,10 +87,7 @@ def test_alert_with_abort_stops_every_rank(store: Path) -> None:
 
 def test_server_abort_reaches_every_rank(simvue_online: Any, store: Path) -> None:
     global _run, _barrier
-    ctx = mp.get_context("fork")
-    _barrier = ctx.Barrier(WORKERS)
-    _run = Simvue()
-    _run.init(name="abort-from-server")
+    ctx, _barrier, _run = fork_pool_run(WORKERS, "abort-from-server")
     with ctx.Pool(WORKERS) as pool:
         pending = pool.map_async(_until_aborted, range(WORKERS), chunksize=1)
         wait_until(simvue_online.db.runs, 30, what="the run on the server")
@@ -112,10 +105,7 @@ def test_live_ranks_and_resource_metrics(store: Path, monkeypatch: pytest.Monkey
     global _run, _barrier
     monkeypatch.setenv("SIMVUE_HPC_SYSTEM_METRICS_INTERVAL", "0.2")
     monkeypatch.setenv("SIMVUE_HPC_HEARTBEAT_INTERVAL", "0.2")  # live_ranks is recorded at most this often
-    ctx = mp.get_context("fork")
-    _barrier = ctx.Barrier(WORKERS)
-    _run = Simvue()
-    _run.init(name="liveness")
+    ctx, _barrier, _run = fork_pool_run(WORKERS, "liveness")
     with ctx.Pool(WORKERS) as pool:
         pool.map(_burn, range(WORKERS), chunksize=1)
     _run.close()

@@ -214,19 +214,37 @@ class PeakRSS:
         return self.peak - self.baseline
 
 
+def _fuzz_beside_honest_ranks(
+    agg: psutil.Process, honest_script: Path, campaign: list[list[str]], what: str, unit: str, settle: bool = False
+) -> None:
+    """Run the hostile ``campaign`` while two honest ranks log 20,000 steps each: at least 100,000 hostile
+    sends, the aggregator alive and its RSS grown by at most 64 MiB. ``settle``: wait until the aggregator
+    has worked through its backlog before measuring."""
+    memory = PeakRSS(agg)
+    honest = [_start_honest(honest_script, f"during{i}", 20_000) for i in range(2)]
+    try:
+        sent = _campaign(campaign)
+        assert agg.is_running()
+        for proc in honest:
+            _finish(proc)
+    finally:
+        for proc in honest:
+            proc.kill()
+            proc.wait()
+    if settle:
+        wait_until(lambda: agg.cpu_percent(0.2) < 50, 60, what="the aggregator to work through the campaign")
+    grown = memory.grown()
+    print(f"{what}: {sent} hostile {unit}, aggregator RSS grew {grown / MiB:.1f} MiB")
+    assert sent >= 100_000 and agg.is_running()
+    assert grown <= 64 * MiB
+
+
 def test_fuzz_from_unauthenticated_peers(host_run: Simvue, store: Path, honest_script: Path) -> None:
     host, port = _host_port(os.environ["SIMVUE_HPC_ENDPOINT"])
     agg = _aggregator()
     _finish(_start_honest(honest_script, "before", 200))  # the aggregator has seen a rank come and go
-    memory = PeakRSS(agg)
-    honest = [_start_honest(honest_script, f"during{i}", 20_000) for i in range(2)]
-    sent = _campaign([[*HOSTILE, "raw", host, str(port), "26000", str(seed)] for seed in range(4)])
-    for proc in honest:
-        _finish(proc)
-    grown = memory.grown()
-    print(f"unauthenticated fuzz: {sent} hostile connections, aggregator RSS grew {grown / MiB:.1f} MiB")
-    assert sent >= 100_000 and agg.is_running()
-    assert grown <= 64 * MiB
+    campaign = [[*HOSTILE, "raw", host, str(port), "26000", str(seed)] for seed in range(4)]
+    _fuzz_beside_honest_ranks(agg, honest_script, campaign, "unauthenticated fuzz", "connections")
     host_run.close()
     _assert_honest(store, {"before": 200, "during0": 20_000, "during1": 20_000})
 
@@ -243,22 +261,8 @@ def test_fuzz_from_authenticated_peers(host_run: Simvue, store: Path, honest_scr
     endpoint, secret = os.environ["SIMVUE_HPC_ENDPOINT"], os.environ["SIMVUE_HPC_SECRET"]
     agg = _aggregator()
     _finish(_start_honest(honest_script, "before", 200))
-    memory = PeakRSS(agg)
-    honest = [_start_honest(honest_script, f"during{i}", 20_000) for i in range(2)]
-    try:
-        sent = _campaign([[*HOSTILE, "authenticated", endpoint, secret, "50000", str(seed)] for seed in range(2)])
-        assert agg.is_running()
-        for proc in honest:
-            _finish(proc)
-    finally:
-        for proc in honest:
-            proc.kill()
-            proc.wait()
-    wait_until(lambda: agg.cpu_percent(0.2) < 50, 60, what="the aggregator to work through the campaign")
-    grown = memory.grown()
-    print(f"authenticated fuzz: {sent} hostile messages, aggregator RSS grew {grown / MiB:.1f} MiB")
-    assert sent >= 100_000 and agg.is_running()
-    assert grown <= 64 * MiB
+    campaign = [[*HOSTILE, "authenticated", endpoint, secret, "50000", str(seed)] for seed in range(2)]
+    _fuzz_beside_honest_ranks(agg, honest_script, campaign, "authenticated fuzz", "messages", settle=True)
     host_run.close()
     _assert_honest(store, {"before": 200, "during0": 20_000, "during1": 20_000})
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import socket
 import threading
 import time
@@ -19,7 +18,7 @@ from simvue_hpc.config import ServerSettings
 from simvue_hpc.server import SimvueClient
 from simvue_hpc.store import RecordType, RunWriter, new_run_id
 from simvue_hpc.upload import Uploader, upload_lock
-from tests.helpers import expected, only_run, series, wait_until
+from tests.helpers import expected, fork_pool_run, only_run, series, wait_until
 
 pytest_plugins = ["tests.server.fixtures"]
 
@@ -108,10 +107,7 @@ def _pool_task(task: int) -> None:
 
 def test_pool_of_four_uploads_reductions_and_one_file(server: Any, store: Path) -> None:
     global _run, _barrier
-    ctx = mp.get_context("fork")
-    _barrier = ctx.Barrier(WORKERS)
-    _run = Simvue()
-    _run.init(name="pool-upload")
+    ctx, _barrier, _run = fork_pool_run(WORKERS, "pool-upload")
     with ctx.Pool(WORKERS) as pool:
         pool.map(_pool_task, range(WORKERS))
         pool.close()

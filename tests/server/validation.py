@@ -11,7 +11,7 @@ import datetime
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 RUN_NAME_PATTERN = r"^[a-zA-Z0-9\-\_\s\/\.:]+$"
 FOLDER_PATTERN = r"^/.*"
@@ -51,8 +51,10 @@ class Checker:
     def __init__(self) -> None:
         self.errors: list[dict[str, Any]] = []
 
-    def fail(self, loc: Loc, msg: str, type_: str, value: Any = None) -> None:
+    def fail(self, loc: Loc, msg: str, type_: str, value: Any = None) -> Literal[False]:
+        """Record an error; False, for the checks that return whether the value passed."""
         self.errors.append({"type": type_, "loc": list(loc), "msg": msg, "input": value})
+        return False
 
     def done(self) -> None:
         if self.errors:
@@ -76,44 +78,37 @@ class Checker:
         if value is None and nullable:
             return True
         if not isinstance(value, str):
-            self.fail(loc, "Input should be a valid string", "string_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid string", "string_type", value)
         if pattern and not re.match(pattern, value):
-            self.fail(loc, f"String should match pattern '{pattern}'", "string_pattern_mismatch", value)
-            return False
+            return self.fail(loc, f"String should match pattern '{pattern}'", "string_pattern_mismatch", value)
         return True
 
     def number(self, value: Any, loc: Loc, *, nullable: bool = False) -> bool:
         if value is None and nullable:
             return True
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(loc, "Input should be a valid number", "float_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid number", "float_type", value)
         return True
 
     def integer(self, value: Any, loc: Loc, *, minimum: int | None = None, nullable: bool = False) -> bool:
         if value is None and nullable:
             return True
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(loc, "Input should be a valid integer", "int_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid integer", "int_type", value)
         if minimum is not None and value < minimum:
-            self.fail(loc, f"Input should be greater than or equal to {minimum}", "greater_than_equal", value)
-            return False
+            return self.fail(loc, f"Input should be greater than or equal to {minimum}", "greater_than_equal", value)
         return True
 
     def boolean(self, value: Any, loc: Loc) -> bool:
         if not isinstance(value, bool):
-            self.fail(loc, "Input should be a valid boolean", "bool_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid boolean", "bool_type", value)
         return True
 
     def choice(self, value: Any, loc: Loc, options: Iterable[str]) -> bool:
         options = tuple(options)
         if value not in options:
             expected = ", ".join(f"'{o}'" for o in options[:-1]) + f" or '{options[-1]}'"
-            self.fail(loc, f"Input should be {expected}", "literal_error", value)
-            return False
+            return self.fail(loc, f"Input should be {expected}", "literal_error", value)
         return True
 
     def timestamp(self, value: Any, loc: Loc, *, nullable: bool = False) -> bool:
@@ -129,14 +124,12 @@ class Checker:
             except ValueError:  # Python 3.10 only parses 3 or 6 fraction digits
                 datetime.datetime.strptime(value, TIMESTAMP_FORMAT)
         except ValueError:
-            self.fail(loc, f"Value error, timestamp must use format {TIMESTAMP_FORMAT}", "value_error", value)
-            return False
+            return self.fail(loc, f"Value error, timestamp must use format {TIMESTAMP_FORMAT}", "value_error", value)
         return True
 
     def string_list(self, value: Any, loc: Loc, *, pattern: str | None = None) -> bool:
         if not isinstance(value, list):
-            self.fail(loc, "Input should be a valid list", "list_type", value)
-            return False
+            return self.fail(loc, "Input should be a valid list", "list_type", value)
         return all([self.string(item, (*loc, i), pattern=pattern) for i, item in enumerate(value)])
 
     def keyed_mapping(self, value: Any, loc: Loc, *, nullable: bool = True) -> bool:
@@ -272,17 +265,23 @@ def validate_run(body: Any, *, create: bool) -> dict[str, Any]:
 # --- metrics and events --------------------------------------------------------------------------------
 
 
-def validate_metrics(body: Any) -> tuple[str, list[dict[str, Any]]]:
-    """Validate a metrics batch; returns (run id, records)."""
+def _batch(body: Any, key: str) -> tuple[Checker, Any, Any]:
+    """The run id and the list under ``key`` of a batch body, checked (the checker goes on with the items)."""
     data = parse_body(body)
     checker = Checker()
     run = checker.field(data, "run", ("body",), required=True)
-    records = checker.field(data, "metrics", ("body",), required=True)
+    items = checker.field(data, key, ("body",), required=True)
     if run is not _MISSING:
         checker.string(run, ("body", "run"))
-    if records is not _MISSING and not isinstance(records, list):
-        checker.fail(("body", "metrics"), "Input should be a valid list", "list_type", records)
+    if items is not _MISSING and not isinstance(items, list):
+        checker.fail(("body", key), "Input should be a valid list", "list_type", items)
     checker.done()
+    return checker, run, items
+
+
+def validate_metrics(body: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Validate a metrics batch; returns (run id, records)."""
+    checker, run, records = _batch(body, "metrics")
     for i, record in enumerate(records):
         loc: Loc = ("body", "metrics", i)
         entry = checker.mapping(record, loc)
@@ -315,15 +314,7 @@ def validate_metrics(body: Any) -> tuple[str, list[dict[str, Any]]]:
 
 def validate_events(body: Any) -> tuple[str, list[dict[str, Any]]]:
     """Validate an events batch; returns (run id, events with log_level defaulted to info)."""
-    data = parse_body(body)
-    checker = Checker()
-    run = checker.field(data, "run", ("body",), required=True)
-    events = checker.field(data, "events", ("body",), required=True)
-    if run is not _MISSING:
-        checker.string(run, ("body", "run"))
-    if events is not _MISSING and not isinstance(events, list):
-        checker.fail(("body", "events"), "Input should be a valid list", "list_type", events)
-    checker.done()
+    checker, run, events = _batch(body, "events")
     out: list[dict[str, Any]] = []
     for i, event in enumerate(events):
         loc: Loc = ("body", "events", i)
@@ -373,14 +364,19 @@ def validate_artifact(body: Any) -> dict[str, Any]:
     }
 
 
-def validate_category(body: Any) -> str:
+def _required_choice(body: Any, key: str, choices: tuple[str, ...]) -> str:
+    """The body's ``key``, which must be one of ``choices``."""
     data = parse_body(body)
     checker = Checker()
-    category = checker.field(data, "category", ("body",), required=True)
-    if category is not _MISSING:
-        checker.choice(category, ("body", "category"), CATEGORIES)
+    value = checker.field(data, key, ("body",), required=True)
+    if value is not _MISSING:
+        checker.choice(value, ("body", key), choices)
     checker.done()
-    return str(category)
+    return str(value)
+
+
+def validate_category(body: Any) -> str:
+    return _required_choice(body, "category", CATEGORIES)
 
 
 # --- alerts --------------------------------------------------------------------------------------------
@@ -403,10 +399,12 @@ def validate_alert(body: Any) -> dict[str, Any]:
         if flag in data:
             checker.boolean(data[flag], ("body", flag))
     definition: dict[str, Any] | None = None
-    if source == "metrics":
-        definition = _metric_alert_definition(checker, data)
-    elif source == "events":
-        definition = _event_alert_definition(checker, data)
+    if source in ("metrics", "events"):  # these sources carry an alert mapping
+        loc: Loc = ("body", "alert")
+        alert = checker.mapping(checker.field(data, "alert", ("body",), required=True), loc)
+        if alert is not None:
+            define = _metric_alert_definition if source == "metrics" else _event_alert_definition
+            definition = define(checker, alert, loc)
     checker.done()
     doc: dict[str, Any] = {
         "name": name,
@@ -425,11 +423,7 @@ def _positive_int(checker: Checker, value: Any, loc: Loc) -> None:
     checker.integer(value, loc, minimum=1)
 
 
-def _metric_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str, Any] | None:
-    loc: Loc = ("body", "alert")
-    alert = checker.mapping(checker.field(data, "alert", ("body",), required=True), loc)
-    if alert is None:
-        return None
+def _metric_alert_definition(checker: Checker, alert: dict[str, Any], loc: Loc) -> dict[str, Any]:
     rule = checker.field(alert, "rule", loc, required=True)
     metric = checker.field(alert, "metric", loc, required=True)
     if rule is not _MISSING:
@@ -458,11 +452,7 @@ def _metric_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str
     return out
 
 
-def _event_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str, Any] | None:
-    loc: Loc = ("body", "alert")
-    alert = checker.mapping(checker.field(data, "alert", ("body",), required=True), loc)
-    if alert is None:
-        return None
+def _event_alert_definition(checker: Checker, alert: dict[str, Any], loc: Loc) -> dict[str, Any]:
     pattern = checker.field(alert, "pattern", loc, required=True)
     if pattern is not _MISSING:
         checker.string(pattern, (*loc, "pattern"))
@@ -472,13 +462,7 @@ def _event_alert_definition(checker: Checker, data: dict[str, Any]) -> dict[str,
 
 
 def validate_alert_state(body: Any) -> str:
-    data = parse_body(body)
-    checker = Checker()
-    status = checker.field(data, "status", ("body",), required=True)
-    if status is not _MISSING:
-        checker.choice(status, ("body", "status"), ALERT_STATES)
-    checker.done()
-    return str(status)
+    return _required_choice(body, "status", ALERT_STATES)
 
 
 def finite_or_none(value: float) -> float | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from simvue_hpc.cli import main
 from simvue_hpc.store import RecordType, RunWriter
+from tests.helpers import store_file
 
 T0 = 1_700_000_000_000_000
 
@@ -65,22 +65,7 @@ def root(tmp_path: Path) -> Path:
                 "level": "warning",
             },
         )
-        content = Path(__file__).read_bytes()
-        sha, size = hashlib.sha256(content).hexdigest(), len(content)
-        with w.begin_file(sha) as sink:
-            sink.write(content)
-            sink.commit()
-        w.append(
-            RecordType.FILE,
-            {
-                "name": "test_cli.py",
-                "category": "code",
-                "sha256": sha,
-                "size": size,
-                "rank": 0,
-                "host": "node1",
-            },
-        )
+        store_file(w, Path(__file__), "code", rank=0, host="node1")
         w.append(
             RecordType.ALERT,
             {

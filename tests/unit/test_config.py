@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,20 +26,23 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return cwd, home
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def _toml(
     directory: Path, url: str = "https://toml.example.com", token: str = "toml-token", name: str = "simvue.toml"
 ) -> Path:
-    path = directory / name
-    path.write_text(f'[server]\nurl = "{url}"\ntoken = "{token}"\n\n[offline]\ncache = "/scratch/cache"\n')
-    return path
+    return _write(
+        directory / name, f'[server]\nurl = "{url}"\ntoken = "{token}"\n\n[offline]\ncache = "/scratch/cache"\n'
+    )
 
 
 def _ini(
     directory: Path, url: str = "https://ini.example.com", token: str = "ini-token", name: str = "simvue.ini"
 ) -> Path:
-    path = directory / name
-    path.write_text(f"[server]\nurl = {url}\ntoken = {token}\n")
-    return path
+    return _write(directory / name, f"[server]\nurl = {url}\ntoken = {token}\n")
 
 
 def _load(cwd: Path, home: Path, **environ: str) -> ServerSettings:
@@ -156,11 +160,22 @@ def test_simvue_toml_before_hidden_toml_in_the_same_directory(dirs: tuple[Path, 
     assert _load(cwd, home).url == "https://plain.example.com"
 
 
-@pytest.mark.parametrize("name", ["simvue.toml", ".simvue.toml"])
-def test_toml_in_home_when_none_above_cwd(dirs: tuple[Path, Path], name: str) -> None:
+@pytest.mark.parametrize(
+    ("write", "name", "token"),
+    [
+        (_toml, "simvue.toml", "toml-token"),
+        (_toml, ".simvue.toml", "toml-token"),
+        (_ini, ".simvue.ini", "ini-token"),
+        (_ini, "simvue.ini", "ini-token"),
+    ],
+)
+def test_a_file_in_home_when_none_above_cwd(
+    dirs: tuple[Path, Path], write: Callable[..., Path], name: str, token: str
+) -> None:
     cwd, home = dirs
-    _toml(home, name=name)
-    assert _load(cwd, home).url == "https://toml.example.com"
+    path = write(home, name=name)
+    settings = _load(cwd, home)
+    assert (settings.token, settings.source) == (token, str(path))
 
 
 def test_home_defaults_to_the_home_variable(dirs: tuple[Path, Path]) -> None:
@@ -180,13 +195,6 @@ def test_ini_is_not_searched_upwards(dirs: tuple[Path, Path]) -> None:
     cwd, home = dirs
     _ini(cwd.parent)
     assert _load(cwd, home).url is None
-
-
-@pytest.mark.parametrize("name", [".simvue.ini", "simvue.ini"])
-def test_ini_in_home(dirs: tuple[Path, Path], name: str) -> None:
-    cwd, home = dirs
-    _ini(home, name=name)
-    assert _load(cwd, home).token == "ini-token"
 
 
 def test_ini_in_cwd_before_ini_in_home(dirs: tuple[Path, Path]) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simvue_hpc import protocol as p
 from simvue_hpc.aggregator.accumulate import accumulate
 from simvue_hpc.errors import ProtocolError, ProtocolVersionError, SimvueHPCError
 from simvue_hpc.protocol import (
@@ -19,27 +20,7 @@ from simvue_hpc.protocol import (
     MAGIC,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
-    Ack,
-    AlertDefinition,
-    AlertState,
-    Event,
-    FileChunk,
-    FileOffer,
-    FileReply,
-    FolderDetails,
-    Goodbye,
-    GoodbyeAck,
-    Heartbeat,
-    Hello,
-    Message,
-    MetricBatch,
     MsgType,
-    Notice,
-    Reject,
-    Resources,
-    RunUpdate,
-    Status,
-    Welcome,
     decode,
     decode_header,
     encode,
@@ -68,14 +49,14 @@ reductions = st.dictionaries(
 
 
 @st.composite
-def metric_batches(draw: st.DrawFn, max_points: int = 200) -> MetricBatch:
+def metric_batches(draw: st.DrawFn, max_points: int = 200) -> p.MetricBatch:
     names = draw(st.lists(text, min_size=1, max_size=6))
     n = draw(st.integers(0, max_points))
     ids = draw(st.lists(st.integers(0, len(names) - 1), min_size=n, max_size=n))
     steps = draw(st.lists(st.integers(*I64), min_size=n, max_size=n))
     times = draw(st.lists(st.integers(*I64), min_size=n, max_size=n))
     vals = draw(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=n, max_size=n))
-    return MetricBatch(
+    return p.MetricBatch(
         names,
         np.array(ids, dtype=np.uint32),
         np.array(steps, dtype=np.int64),
@@ -94,10 +75,10 @@ def partial_batches(draw: st.DrawFn) -> PartialBatch:
     return PartialBatch(batch.names, draw(st.integers(*I64)), contributors, partials, ranks, draw(reductions))
 
 
-MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
+MESSAGES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     PartialBatch: partial_batches(),
-    Hello: st.builds(
-        Hello,
+    p.Hello: st.builds(
+        p.Hello,
         secret=text,
         rank=small_ints,
         size=small_ints,
@@ -109,35 +90,37 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
         resume=st.booleans(),
         acked_points=st.integers(0, 2**62),
     ),
-    Welcome: st.builds(Welcome, rank=ints, run_id=text, run_name=text),
-    Reject: st.builds(Reject, reason=text),
-    MetricBatch: metric_batches(),
-    Event: st.builds(Event, message=text, time_ns=ints, level=text),
-    RunUpdate: st.builds(
-        RunUpdate,
+    p.Welcome: st.builds(p.Welcome, rank=ints, run_id=text, run_name=text),
+    p.Reject: st.builds(p.Reject, reason=text),
+    p.MetricBatch: metric_batches(),
+    p.Event: st.builds(p.Event, message=text, time_ns=ints, level=text),
+    p.RunUpdate: st.builds(
+        p.RunUpdate,
         name=st.none() | text,
         metadata=st.none() | metadata,
         tags=st.none() | tags,
         description=st.none() | text,
         folder=st.none() | text,
     ),
-    FolderDetails: st.builds(
-        FolderDetails, path=text, metadata=st.none() | metadata, tags=st.none() | tags, description=st.none() | text
+    p.FolderDetails: st.builds(
+        p.FolderDetails, path=text, metadata=st.none() | metadata, tags=st.none() | tags, description=st.none() | text
     ),
-    AlertDefinition: st.builds(AlertDefinition, definition=metadata),
-    FileOffer: st.builds(
-        FileOffer, sha256=text, size=ints, name=text, category=text, original_path=text, mime_type=text, time_ns=ints
+    p.AlertDefinition: st.builds(p.AlertDefinition, definition=metadata),
+    p.FileOffer: st.builds(
+        p.FileOffer, sha256=text, size=ints, name=text, category=text, original_path=text, mime_type=text, time_ns=ints
     ),
-    FileChunk: st.builds(FileChunk, sha256=text, offset=ints, final=st.booleans(), data=st.binary(max_size=300)),
-    FileReply: st.builds(FileReply, sha256=text, status=st.sampled_from(["need", "stored", "error"]), reason=text),
-    Status: st.builds(Status, status=text, reason=text),
-    Heartbeat: st.builds(Heartbeat, time_ns=ints, sent_points=ints, dropped_points=ints),
-    Goodbye: st.builds(Goodbye, sent_points=ints, dropped_points=ints, dropped=st.dictionaries(text, ints, max_size=4)),
-    GoodbyeAck: st.builds(GoodbyeAck, received_points=ints),
-    Notice: st.builds(Notice, kind=st.sampled_from(["warning", "abort"]), message=text),
-    AlertState: st.builds(AlertState, name=text, state=st.sampled_from(["ok", "critical"])),
-    Resources: st.builds(
-        Resources,
+    p.FileChunk: st.builds(p.FileChunk, sha256=text, offset=ints, final=st.booleans(), data=st.binary(max_size=300)),
+    p.FileReply: st.builds(p.FileReply, sha256=text, status=st.sampled_from(["need", "stored", "error"]), reason=text),
+    p.Status: st.builds(p.Status, status=text, reason=text),
+    p.Heartbeat: st.builds(p.Heartbeat, time_ns=ints, sent_points=ints, dropped_points=ints),
+    p.Goodbye: st.builds(
+        p.Goodbye, sent_points=ints, dropped_points=ints, dropped=st.dictionaries(text, ints, max_size=4)
+    ),
+    p.GoodbyeAck: st.builds(p.GoodbyeAck, received_points=ints),
+    p.Notice: st.builds(p.Notice, kind=st.sampled_from(["warning", "abort"]), message=text),
+    p.AlertState: st.builds(p.AlertState, name=text, state=st.sampled_from(["ok", "critical"])),
+    p.Resources: st.builds(
+        p.Resources,
         time_ns=ints,
         cpu_percent=st.floats(0, 1e4),
         memory_mb=st.floats(0, 1e7),
@@ -145,7 +128,7 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Any]] = {
             st.tuples(st.integers(0, 7).map(float), st.floats(0, 100), st.floats(0, 100)).map(list), max_size=4
         ),
     ),
-    Ack: st.builds(Ack, seq=st.integers(0, 2**32 - 1)),
+    p.Ack: st.builds(p.Ack, seq=st.integers(0, 2**32 - 1)),
 }
 any_message = st.one_of(*MESSAGES.values())
 seqs = st.integers(min_value=0, max_value=2**32 - 1)
@@ -159,11 +142,11 @@ def as_views(frames: list[Any]) -> list[memoryview]:
     return [memoryview(bytes(f)) for f in frames]
 
 
-def body_of(msg: Message) -> dict[str, Any]:
+def body_of(msg: p.Message) -> dict[str, Any]:
     return msgpack.unpackb(as_bytes(encode(msg, 0))[1], raw=False)
 
 
-def frames_with_body(msg: Message, body: Any, seq: int = 0) -> list[bytes]:
+def frames_with_body(msg: p.Message, body: Any, seq: int = 0) -> list[bytes]:
     frames = as_bytes(encode(msg, seq))
     frames[1] = msgpack.packb(body, use_bin_type=True)
     return frames
@@ -182,7 +165,7 @@ def test_every_message_type_has_a_strategy() -> None:
 @pytest.mark.parametrize("cls", list(MESSAGES), ids=lambda c: c.__name__)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), seq=seqs)
-def test_round_trip(cls: type[Message], data: st.DataObject, seq: int) -> None:
+def test_round_trip(cls: type[p.Message], data: st.DataObject, seq: int) -> None:
     msg = data.draw(MESSAGES[cls])
     frames = encode(msg, seq)
     assert memoryview(frames[0]).nbytes == HEADER_SIZE
@@ -195,19 +178,19 @@ def test_round_trip(cls: type[Message], data: st.DataObject, seq: int) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(msg=any_message, seq=st.integers(min_value=-(2**40), max_value=2**40))
-def test_sequence_wraps_at_2_32(msg: Message, seq: int) -> None:
+def test_sequence_wraps_at_2_32(msg: p.Message, seq: int) -> None:
     got_seq, _ = decode(encode(msg, seq))
     assert got_seq == seq % 2**32
 
 
 @pytest.mark.parametrize(("seq", "expected"), [(2**32 - 1, 2**32 - 1), (2**32, 0), (2**32 + 5, 5), (-1, 2**32 - 1)])
 def test_sequence_wraparound_edges(seq: int, expected: int) -> None:
-    assert decode(encode(Reject("x"), seq))[0] == expected
-    assert decode_header(encode(Reject("x"), seq)[0]) == (expected, MsgType.REJECT)
+    assert decode(encode(p.Reject("x"), seq))[0] == expected
+    assert decode_header(encode(p.Reject("x"), seq)[0]) == (expected, MsgType.REJECT)
 
 
 def test_metric_batch_empty() -> None:
-    empty = MetricBatch(
+    empty = p.MetricBatch(
         [], np.empty(0, np.uint32), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
     )
     frames = encode(empty, 0)
@@ -228,7 +211,7 @@ def test_metric_batch_large_with_special_values() -> None:
     value[2::13] = -np.inf
     value[3::17] = -0.0
     value[4] = np.finfo(np.float64).tiny / 4  # subnormal
-    batch = MetricBatch(
+    batch = p.MetricBatch(
         names,
         rng.integers(0, len(names), n).astype(np.uint32),
         np.arange(n, dtype=np.int64) + I64[1] - n,
@@ -239,7 +222,7 @@ def test_metric_batch_large_with_special_values() -> None:
     assert [memoryview(f).nbytes for f in frames[2:]] == [4 * n, 8 * n, 8 * n, 8 * n]
     for variant in (frames, as_bytes(frames), as_views(frames)):
         _, got = decode(variant)
-        assert isinstance(got, MetricBatch)
+        assert isinstance(got, p.MetricBatch)
         assert got == batch
         # bit for bit, so the sign of -0.0 and the NaN payloads survive
         assert got.value.view(np.uint64).tolist() == batch.value.view(np.uint64).tolist()
@@ -248,7 +231,7 @@ def test_metric_batch_large_with_special_values() -> None:
 
 
 def test_metric_batch_encodes_other_dtypes_as_the_wire_dtypes() -> None:
-    batch = MetricBatch(
+    batch = p.MetricBatch(
         ["a"], np.array([0, 0], np.int64), np.array([1, 2], np.int32), np.array([5, 6], np.uint64),
         np.array([1.5, 2.5], np.float32),
     )  # fmt: skip
@@ -261,7 +244,7 @@ def test_metric_batch_encodes_other_dtypes_as_the_wire_dtypes() -> None:
 
 
 def test_metric_batch_big_endian_input_is_sent_little_endian() -> None:
-    batch = MetricBatch(
+    batch = p.MetricBatch(
         ["a"], np.array([0], ">u4"), np.array([258], ">i8"), np.array([T0], ">i8"), np.array([0.5], ">f8")
     )
     frames = as_bytes(encode(batch, 0))
@@ -270,33 +253,33 @@ def test_metric_batch_big_endian_input_is_sent_little_endian() -> None:
 
 
 def test_unknown_body_keys_are_ignored() -> None:
-    frames = frames_with_body(Reject("x"), {"reason": "full", "new_optional_field": [1, 2]})
-    assert decode(frames)[1] == Reject("full")
-    frames = frames_with_body(Heartbeat(0, 0, 0), {"zzz": 1, "dropped_points": 2, "sent_points": 3, "time_ns": 4})
-    assert decode(frames)[1] == Heartbeat(time_ns=4, sent_points=3, dropped_points=2)
+    frames = frames_with_body(p.Reject("x"), {"reason": "full", "new_optional_field": [1, 2]})
+    assert decode(frames)[1] == p.Reject("full")
+    frames = frames_with_body(p.Heartbeat(0, 0, 0), {"zzz": 1, "dropped_points": 2, "sent_points": 3, "time_ns": 4})
+    assert decode(frames)[1] == p.Heartbeat(time_ns=4, sent_points=3, dropped_points=2)
 
 
 def test_optional_fields_take_their_defaults() -> None:
-    assert decode(frames_with_body(Event("m", 1), {"message": "m", "time_ns": 1}))[1] == Event("m", 1, "info")
-    assert decode(frames_with_body(Hello("s", 0, 1, "h", 1, "c"), {
+    assert decode(frames_with_body(p.Event("m", 1), {"message": "m", "time_ns": 1}))[1] == p.Event("m", 1, "info")
+    assert decode(frames_with_body(p.Hello("s", 0, 1, "h", 1, "c"), {
         "secret": "s", "rank": 0, "size": 1, "host": "h", "pid": 1, "client": "c",
-    }))[1] == Hello("s", 0, 1, "h", 1, "c", {})  # fmt: skip
-    assert decode(frames_with_body(RunUpdate(), {}))[1] == RunUpdate()
-    assert decode(frames_with_body(Goodbye(1, 2), {"sent_points": 1, "dropped_points": 2}))[1] == Goodbye(1, 2, {})
+    }))[1] == p.Hello("s", 0, 1, "h", 1, "c", {})  # fmt: skip
+    assert decode(frames_with_body(p.RunUpdate(), {}))[1] == p.RunUpdate()
+    assert decode(frames_with_body(p.Goodbye(1, 2), {"sent_points": 1, "dropped_points": 2}))[1] == p.Goodbye(1, 2, {})
 
 
 def test_float_values_in_maps_stay_float64() -> None:
     value = 0.1 + 0.2  # not representable in float32
-    _, got = decode(encode(RunUpdate(metadata={"x": value}), 0))
-    assert isinstance(got, RunUpdate) and got.metadata == {"x": value}
+    _, got = decode(encode(p.RunUpdate(metadata={"x": value}), 0))
+    assert isinstance(got, p.RunUpdate) and got.metadata == {"x": value}
 
 
 # --------------------------------------------------------------------------------------------- golden bytes
-GOLDEN: list[tuple[Message, int, list[str]]] = [
-    (Reject("no"), 3, ["5356010303000000", "81a6726561736f6ea26e6f"]),
-    (GoodbyeAck(300), 2**32 - 1, ["5356010fffffffff", "81af72656365697665645f706f696e7473cd012c"]),
+GOLDEN: list[tuple[p.Message, int, list[str]]] = [
+    (p.Reject("no"), 3, ["5356010303000000", "81a6726561736f6ea26e6f"]),
+    (p.GoodbyeAck(300), 2**32 - 1, ["5356010fffffffff", "81af72656365697665645f706f696e7473cd012c"]),
     (
-        Heartbeat(time_ns=T0, sent_points=70000, dropped_points=0),
+        p.Heartbeat(time_ns=T0, sent_points=70000, dropped_points=0),
         7,
         [
             "5356010d07000000",
@@ -304,7 +287,7 @@ GOLDEN: list[tuple[Message, int, list[str]]] = [
         ],
     ),
     (
-        Hello(secret="k", rank=-1, size=4, host="n1", pid=4242, client="c", reductions={"x": ["sum"]}),
+        p.Hello(secret="k", rank=-1, size=4, host="n1", pid=4242, client="c", reductions={"x": ["sum"]}),
         0,
         [
             "5356010100000000",
@@ -313,12 +296,12 @@ GOLDEN: list[tuple[Message, int, list[str]]] = [
         ],
     ),
     (
-        FileChunk("ab", 0, True, b"\x00\x01"),
+        p.FileChunk("ab", 0, True, b"\x00\x01"),
         5,
         ["5356010a05000000", "83a6736861323536a26162a66f666673657400a566696e616cc3", "0001"],
     ),
     (
-        RunUpdate(name="é", metadata={"lr": 0.5, "ok": True, "n": None, "neg": -200, "b": b"\xff"}),
+        p.RunUpdate(name="é", metadata={"lr": 0.5, "ok": True, "n": None, "neg": -200, "b": b"\xff"}),
         1,
         [
             "5356010601000000",
@@ -327,7 +310,7 @@ GOLDEN: list[tuple[Message, int, list[str]]] = [
         ],
     ),
     (
-        MetricBatch(["loss"], np.array([0], np.uint32), np.array([3]), np.array([T0]), np.array([0.5])),
+        p.MetricBatch(["loss"], np.array([0], np.uint32), np.array([3]), np.array([T0]), np.array([0.5])),
         1,
         [
             "5356010401000000",
@@ -339,7 +322,7 @@ GOLDEN: list[tuple[Message, int, list[str]]] = [
         ],
     ),
     (
-        MetricBatch(
+        p.MetricBatch(
             ["loss", "acc"], np.array([0, 1], np.uint32), np.array([7, 7]), np.array([T0, T0]), np.array([0.25, -1.0])
         ),
         2,
@@ -356,7 +339,7 @@ GOLDEN: list[tuple[Message, int, list[str]]] = [
 
 
 @pytest.mark.parametrize(("msg", "seq", "expected"), GOLDEN, ids=lambda x: type(x).__name__)
-def test_golden_frames(msg: Message, seq: int, expected: list[str]) -> None:
+def test_golden_frames(msg: p.Message, seq: int, expected: list[str]) -> None:
     assert [bytes(f).hex() for f in encode(msg, seq)] == expected
     assert decode([bytes.fromhex(h) for h in expected]) == (seq, msg)
 
@@ -385,14 +368,14 @@ def test_golden_msgpack_choices() -> None:
 
 
 def test_header_layout() -> None:
-    frames = as_bytes(encode(Notice("warning", "m"), 0x01020304))
+    frames = as_bytes(encode(p.Notice("warning", "m"), 0x01020304))
     assert frames[0] == b"SV\x01\x10\x04\x03\x02\x01"
     assert len(frames) == 2
 
 
 # --------------------------------------------------------------------------------------------- header errors
 def test_wrong_magic() -> None:
-    frames = as_bytes(encode(Reject("x"), 0))
+    frames = as_bytes(encode(p.Reject("x"), 0))
     with pytest.raises(ProtocolError, match="magic") as info:
         decode([header(MsgType.REJECT, magic=b"SX"), frames[1]])
     assert not isinstance(info.value, ProtocolVersionError)
@@ -400,7 +383,7 @@ def test_wrong_magic() -> None:
 
 @pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1, 255])
 def test_wrong_version(version: int) -> None:
-    frames = as_bytes(encode(Reject("x"), 0))
+    frames = as_bytes(encode(p.Reject("x"), 0))
     with pytest.raises(ProtocolVersionError):
         decode([header(MsgType.REJECT, version=version), frames[1]])
     with pytest.raises(ProtocolVersionError):  # even for a type this side does not know
@@ -410,7 +393,7 @@ def test_wrong_version(version: int) -> None:
 @pytest.mark.parametrize("size", [0, 1, 7, 9, 16])
 def test_header_of_wrong_size(size: int) -> None:
     full = header(MsgType.REJECT) + b"\x00" * 8
-    body = as_bytes(encode(Reject("x"), 0))[1]
+    body = as_bytes(encode(p.Reject("x"), 0))[1]
     with pytest.raises(ProtocolError, match="header"):
         decode([full[:size], body])
     with pytest.raises(ProtocolError, match="header"):
@@ -420,7 +403,7 @@ def test_header_of_wrong_size(size: int) -> None:
 @pytest.mark.parametrize("count", [0, 1])
 def test_too_few_frames(count: int) -> None:
     with pytest.raises(ProtocolError, match="at least 2 frames"):
-        decode(as_bytes(encode(Reject("x"), 0))[:count])
+        decode(as_bytes(encode(p.Reject("x"), 0))[:count])
 
 
 @pytest.mark.parametrize("mtype", [0, len(MsgType) + 1, 100, 255])
@@ -453,40 +436,40 @@ def test_body_not_a_map(body: Any) -> None:
         decode([header(MsgType.REJECT), msgpack.packb(body, use_bin_type=True)])
 
 
-def _sample(cls: type[Message]) -> Message:
+def _sample(cls: type[p.Message]) -> p.Message:
     return {
-        Hello: Hello("s", 0, 2, "h", 1, "c", {"x": ["sum"]}),
-        Welcome: Welcome(0, "id", "name"),
-        Reject: Reject("r"),
-        Event: Event("m", 5, "warning"),
-        RunUpdate: RunUpdate("n", {"a": 1}, ["t"], "d", "/f"),
-        FolderDetails: FolderDetails("/f", {"a": 1}, ["t"], "d"),
-        AlertDefinition: AlertDefinition({"name": "a"}),
-        FileOffer: FileOffer("ab", 3, "f.txt", "output", "/tmp/f.txt", "text/plain", 7),
-        FileChunk: FileChunk("ab", 0, True, b"xyz"),
-        FileReply: FileReply("ab", "error", "why"),
-        Status: Status("failed", "boom"),
-        Heartbeat: Heartbeat(1, 2, 3),
-        Goodbye: Goodbye(1, 2, {"a": 2}),
-        GoodbyeAck: GoodbyeAck(1),
-        Notice: Notice("abort", "stop"),
-        AlertState: AlertState("manual", "critical"),
-        Resources: Resources(1, 12.5, 300.0, [[0.0, 80.0, 40.0]]),
-        Ack: Ack(3),
+        p.Hello: p.Hello("s", 0, 2, "h", 1, "c", {"x": ["sum"]}),
+        p.Welcome: p.Welcome(0, "id", "name"),
+        p.Reject: p.Reject("r"),
+        p.Event: p.Event("m", 5, "warning"),
+        p.RunUpdate: p.RunUpdate("n", {"a": 1}, ["t"], "d", "/f"),
+        p.FolderDetails: p.FolderDetails("/f", {"a": 1}, ["t"], "d"),
+        p.AlertDefinition: p.AlertDefinition({"name": "a"}),
+        p.FileOffer: p.FileOffer("ab", 3, "f.txt", "output", "/tmp/f.txt", "text/plain", 7),
+        p.FileChunk: p.FileChunk("ab", 0, True, b"xyz"),
+        p.FileReply: p.FileReply("ab", "error", "why"),
+        p.Status: p.Status("failed", "boom"),
+        p.Heartbeat: p.Heartbeat(1, 2, 3),
+        p.Goodbye: p.Goodbye(1, 2, {"a": 2}),
+        p.GoodbyeAck: p.GoodbyeAck(1),
+        p.Notice: p.Notice("abort", "stop"),
+        p.AlertState: p.AlertState("manual", "critical"),
+        p.Resources: p.Resources(1, 12.5, 300.0, [[0.0, 80.0, 40.0]]),
+        p.Ack: p.Ack(3),
     }[cls]
 
 
-FIELDED = [cls for cls in MESSAGES if cls not in (MetricBatch, PartialBatch)]
+FIELDED = [cls for cls in MESSAGES if cls not in (p.MetricBatch, PartialBatch)]
 REQUIRED = [
     (cls, f.name)
     for cls in FIELDED
     for f in fields(cls)  # type: ignore[arg-type]
-    if f.default is MISSING and f.default_factory is MISSING and not (cls is FileChunk and f.name == "data")
+    if f.default is MISSING and f.default_factory is MISSING and not (cls is p.FileChunk and f.name == "data")
 ]
 
 
 @pytest.mark.parametrize(("cls", "name"), REQUIRED, ids=lambda x: getattr(x, "__name__", x))
-def test_missing_required_field(cls: type[Message], name: str) -> None:
+def test_missing_required_field(cls: type[p.Message], name: str) -> None:
     msg = _sample(cls)
     body = body_of(msg)
     del body[name]
@@ -510,18 +493,18 @@ WRONG: dict[str, list[Any]] = {
 }
 
 
-def _wrong_cases() -> list[tuple[type[Message], str, Any]]:
+def _wrong_cases() -> list[tuple[type[p.Message], str, Any]]:
     cases = []
     for cls in FIELDED:
         for name, _, expected in cls._checks:
-            if cls is FileChunk and name == "data":
+            if cls is p.FileChunk and name == "data":
                 continue  # the bytes travel in their own frame
             cases.extend((cls, name, bad) for bad in WRONG[expected])
     return cases
 
 
 @pytest.mark.parametrize(("cls", "name", "bad"), _wrong_cases(), ids=repr)
-def test_wrong_field_type(cls: type[Message], name: str, bad: Any) -> None:
+def test_wrong_field_type(cls: type[p.Message], name: str, bad: Any) -> None:
     msg = _sample(cls)
     body = body_of(msg)
     body[name] = bad
@@ -530,14 +513,14 @@ def test_wrong_field_type(cls: type[Message], name: str, bad: Any) -> None:
 
 
 def test_float_values_anywhere_inside_any_are_accepted() -> None:
-    msg = AlertDefinition({"threshold": 1.5, "nested": {"x": [1, 2.5, None, True]}})
+    msg = p.AlertDefinition({"threshold": 1.5, "nested": {"x": [1, 2.5, None, True]}})
     assert decode(encode(msg, 0))[1] == msg
 
 
 @pytest.mark.parametrize("cls", FIELDED, ids=lambda c: c.__name__)
-def test_payload_frames_count(cls: type[Message]) -> None:
+def test_payload_frames_count(cls: type[p.Message]) -> None:
     frames = as_bytes(encode(_sample(cls), 0))
-    if cls is FileChunk:
+    if cls is p.FileChunk:
         for bad in (frames[:2], [*frames, b"more"]):
             with pytest.raises(ProtocolError, match="1 payload frame"):
                 decode(bad)
@@ -548,14 +531,14 @@ def test_payload_frames_count(cls: type[Message]) -> None:
 
 
 def test_file_chunk_data_comes_from_its_frame() -> None:
-    frames = as_bytes(encode(FileChunk("ab", 10, False, b"hello"), 0))
+    frames = as_bytes(encode(p.FileChunk("ab", 10, False, b"hello"), 0))
     frames[1] = msgpack.packb({"sha256": "ab", "offset": 10, "final": False, "data": b"ignored"})
-    assert decode(frames)[1] == FileChunk("ab", 10, False, b"hello")
+    assert decode(frames)[1] == p.FileChunk("ab", 10, False, b"hello")
 
 
 # --------------------------------------------------------------------------------------------- METRICS errors
 def _two_points() -> list[bytes]:
-    batch = MetricBatch(
+    batch = p.MetricBatch(
         ["a", "b"], np.array([0, 1], np.uint32), np.array([1, 2]), np.array([T0, T0]), np.array([0.5, 1.5])
     )
     return as_bytes(encode(batch, 0))
@@ -655,9 +638,11 @@ def test_fuzz_valid_header_random_rest(mtype: int, seq: int, body: bytes, extra:
     data=st.data(),
     extra=st.lists(st.binary(max_size=24), max_size=5),
 )
-def test_fuzz_well_formed_maps_with_random_values(cls: type[Message], data: st.DataObject, extra: list[bytes]) -> None:
+def test_fuzz_well_formed_maps_with_random_values(
+    cls: type[p.Message], data: st.DataObject, extra: list[bytes]
+) -> None:
     """Bodies with the right keys but any values reach the field checks: still only ProtocolError."""
-    keys = [name for name, _, _ in cls._checks] + (["count"] if cls in (MetricBatch, PartialBatch) else [])
+    keys = [name for name, _, _ in cls._checks] + (["count"] if cls in (p.MetricBatch, PartialBatch) else [])
     body = data.draw(st.dictionaries(st.sampled_from(keys) | text, values, max_size=len(keys) + 1))
     frames = [header(cls.TYPE), msgpack.packb(body, use_bin_type=True), *extra]
     try:
@@ -670,7 +655,7 @@ def test_fuzz_well_formed_maps_with_random_values(cls: type[Message], data: st.D
 
 @settings(max_examples=100, deadline=None)
 @given(msg=any_message, data=st.data())
-def test_fuzz_corrupted_valid_messages(msg: Message, data: st.DataObject) -> None:
+def test_fuzz_corrupted_valid_messages(msg: p.Message, data: st.DataObject) -> None:
     frames = as_bytes(encode(msg, 0))
     i = data.draw(st.integers(0, len(frames) - 1))
     frame = bytearray(frames[i])
@@ -688,7 +673,7 @@ def test_protocol_errors_are_simvue_errors() -> None:
 
 
 def test_messages_are_frozen() -> None:
-    msg = Reject("x")
+    msg = p.Reject("x")
     with pytest.raises(AttributeError):
         msg.reason = "y"  # type: ignore[misc]
-    assert replace(msg, reason="y") == Reject("y")
+    assert replace(msg, reason="y") == p.Reject("y")

@@ -13,32 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simvue_hpc import protocol as p
 from simvue_hpc.aggregator.actions import Action, Append, AppendMetrics, FileDiscard, FileWrite, Finish, Reply
 from simvue_hpc.aggregator.reduce import Reduction
 from simvue_hpc.aggregator.state import AggregatorConfig, AggregatorState
 from simvue_hpc.alerts import metric_alert, user_alert
 from simvue_hpc.config import HPCSettings
-from simvue_hpc.protocol import (
-    AlertDefinition,
-    AlertState,
-    Event,
-    FileChunk,
-    FileOffer,
-    FileReply,
-    FolderDetails,
-    Goodbye,
-    GoodbyeAck,
-    Heartbeat,
-    Hello,
-    Message,
-    MetricBatch,
-    Notice,
-    Reject,
-    Resources,
-    RunUpdate,
-    Status,
-    Welcome,
-)
 from simvue_hpc.store import RecordType
 from tests.helpers import OWN_METRICS
 
@@ -74,7 +54,7 @@ class Harness:
         return self.wall
 
     # --- driving
-    def send(self, who: bytes, msg: Message, seq: int | None = None) -> list[Action]:
+    def send(self, who: bytes, msg: p.Message, seq: int | None = None) -> list[Action]:
         if seq is None:
             seq = self.seq.get(who, 0)
         self.seq[who] = seq + 1
@@ -86,7 +66,7 @@ class Harness:
         who = ident(rank) if who is None else who
         kw.setdefault("size", self.state.config.expected_ranks or 1)
         self.seq[who] = 0
-        return self.send(who, Hello(secret=secret, rank=rank, host=f"node{rank}", pid=1000 + rank, client="t", **kw))
+        return self.send(who, p.Hello(secret=secret, rank=rank, host=f"node{rank}", pid=1000 + rank, client="t", **kw))
 
     def log(self, who: bytes | int, points: list[tuple[str, int, float]]) -> list[Action]:
         """One METRICS message of (name, step, value) points, names listed as the worker does (all so far)."""
@@ -96,7 +76,7 @@ class Harness:
             if name not in names:
                 names.append(name)
         n = len(points)
-        batch = MetricBatch(
+        batch = p.MetricBatch(
             names=list(names),
             name_id=np.array([names.index(p[0]) for p in points], dtype=np.uint32),
             step=np.array([p[1] for p in points], dtype=np.int64),
@@ -110,7 +90,7 @@ class Harness:
         peer = self.state._roster.by_identity[who]
         sent = peer.received_points if sent is None else sent
         dropped = dropped or {}
-        return self.send(who, Goodbye(sent, sum(dropped.values()), dropped))
+        return self.send(who, p.Goodbye(sent, sum(dropped.values()), dropped))
 
     def tick(self, dt: float = 0.0) -> list[Action]:
         self.now += dt
@@ -128,7 +108,7 @@ def ident(rank: int) -> bytes:
     return b"\x00id-%d" % rank
 
 
-def replies(actions: list[Action], who: bytes | int | None = None) -> list[Message]:
+def replies(actions: list[Action], who: bytes | int | None = None) -> list[p.Message]:
     who = ident(who) if isinstance(who, int) else who
     return [a.message for a in actions if isinstance(a, Reply) and (who is None or a.identity == who)]
 
@@ -168,14 +148,14 @@ def finishes(actions: list[Action]) -> list[str]:
 def joined(h: Harness, *ranks: int) -> None:
     for r in ranks:
         out = h.hello(r)
-        assert replies(out, r) == [Welcome(r, "run-1", "the-run")]
+        assert replies(out, r) == [p.Welcome(r, "run-1", "the-run")]
 
 
 # --------------------------------------------------------------------------------------------- handshake
 def test_hello_welcomes_and_records_the_rank() -> None:
     h = Harness()
     out = h.hello(0)
-    assert replies(out) == [Welcome(0, "run-1", "the-run")]
+    assert replies(out) == [p.Welcome(0, "run-1", "the-run")]
     (rank,) = records(out, RecordType.RANK)
     assert rank == {"rank": 0, "host": "node0", "pid": 1000, "state": "joined", "time_us": (WALL0 + 1000) // 1000}
     assert h.state.ranks() == {0: "live"}
@@ -184,15 +164,15 @@ def test_hello_welcomes_and_records_the_rank() -> None:
 def test_welcome_shares_the_message_rate_budget_among_the_ranks() -> None:
     h = Harness(expected_ranks=4096, message_rate_budget=20_000.0)
     (msg,) = replies(h.hello(17))
-    assert isinstance(msg, Welcome) and msg.flush_interval == pytest.approx(4096 / 20_000)
+    assert isinstance(msg, p.Welcome) and msg.flush_interval == pytest.approx(4096 / 20_000)
     small = Harness(expected_ranks=8)  # 8 ranks at the default interval stay far below the budget
     (msg,) = replies(small.hello(0))
-    assert isinstance(msg, Welcome) and msg.flush_interval == 0.0
+    assert isinstance(msg, p.Welcome) and msg.flush_interval == 0.0
     pool = Harness(expected_ranks=None, message_rate_budget=100.0)  # ranks come and go: those live now
     intervals = []
     for k in range(5):
         (msg,) = replies(pool.hello(-1, who=b"w%d" % k))
-        assert isinstance(msg, Welcome)
+        assert isinstance(msg, p.Welcome)
         intervals.append(msg.flush_interval)
     assert intervals == pytest.approx([0.0, 0.0, 0.03, 0.04, 0.05])
 
@@ -210,11 +190,11 @@ def test_hello_with_the_wrong_secret_is_rejected() -> None:
     out = h.hello(0, secret="guess")
     assert len(out) == 1
     (msg,) = replies(out, 0)
-    assert isinstance(msg, Reject) and "secret" in msg.reason
+    assert isinstance(msg, p.Reject) and "secret" in msg.reason
     assert h.state.ranks() == {}
     # the rejected identity cannot send data either
     out = h.log(0, [("a", 0, 1.0)])
-    assert [type(m) for m in replies(out, 0)] == [Reject]
+    assert [type(m) for m in replies(out, 0)] == [p.Reject]
     assert h.state.counters["points_received"] == 0
 
 
@@ -223,7 +203,7 @@ def test_duplicate_live_rank_is_rejected() -> None:
     joined(h, 0)
     out = h.hello(0, who=b"other")
     (msg,) = replies(out, b"other")
-    assert isinstance(msg, Reject) and "already connected" in msg.reason and "node0" in msg.reason
+    assert isinstance(msg, p.Reject) and "already connected" in msg.reason and "node0" in msg.reason
     assert records(out, RecordType.RANK) == []
     assert h.state.ranks() == {0: "live"}
 
@@ -234,14 +214,14 @@ def test_a_rank_whose_holder_is_lost_may_join_again_from_a_new_identity() -> Non
     h.tick(6.0)
     assert h.state.ranks() == {0: "lost", 1: "lost"}
     out = h.hello(1, who=b"new")
-    assert replies(out, b"new") == [Welcome(1, "run-1", "the-run")]
+    assert replies(out, b"new") == [p.Welcome(1, "run-1", "the-run")]
 
 
 def test_same_identity_saying_hello_again_is_welcomed() -> None:
     h = Harness()
     joined(h, 0)
     out = h.hello(0)
-    assert replies(out, 0) == [Welcome(0, "run-1", "the-run")]
+    assert replies(out, 0) == [p.Welcome(0, "run-1", "the-run")]
     assert h.state.ranks() == {0: "live"}
 
 
@@ -249,7 +229,7 @@ def test_rank_minus_one_is_given_a_rank_past_the_world() -> None:
     h = Harness(expected_ranks=4)
     joined(h, 0, 1, 2, 3)
     got = [replies(h.hello(-1, who=b"w%d" % i))[0] for i in range(3)]
-    assert [m.rank for m in got if isinstance(m, Welcome)] == [4, 5, 6]
+    assert [m.rank for m in got if isinstance(m, p.Welcome)] == [4, 5, 6]
     assert set(h.state.ranks()) == {0, 1, 2, 3, 4, 5, 6}
 
 
@@ -257,37 +237,37 @@ def test_rank_minus_one_before_the_world_joined_still_avoids_world_ranks() -> No
     h = Harness(expected_ranks=4)
     out = h.hello(-1, who=b"w")
     (msg,) = replies(out)
-    assert isinstance(msg, Welcome) and msg.rank >= 4
+    assert isinstance(msg, p.Welcome) and msg.rank >= 4
 
 
 def test_rank_minus_one_in_a_pool_counts_from_one() -> None:
     h = Harness(expected_ranks=None)
     joined(h, 0)
     got = [replies(h.hello(-1, who=b"w%d" % i))[0] for i in range(3)]
-    assert [m.rank for m in got if isinstance(m, Welcome)] == [1, 2, 3]
+    assert [m.rank for m in got if isinstance(m, p.Welcome)] == [1, 2, 3]
     h2 = Harness(expected_ranks=None)
     (msg,) = replies(h2.hello(-1, who=b"first"))
-    assert isinstance(msg, Welcome) and msg.rank == 1
+    assert isinstance(msg, p.Welcome) and msg.rank == 1
 
 
 def test_messages_before_hello_get_one_reject() -> None:
     h = Harness()
     out = []
     out += h.log(0, [("a", 0, 1.0)])
-    out += h.send(ident(0), Heartbeat(1, 0, 0))
-    out += h.send(ident(0), Event("x", 1))
+    out += h.send(ident(0), p.Heartbeat(1, 0, 0))
+    out += h.send(ident(0), p.Event("x", 1))
     msgs = replies(out, 0)
-    assert len(msgs) == 1 and isinstance(msgs[0], Reject) and "HELLO" in msgs[0].reason
+    assert len(msgs) == 1 and isinstance(msgs[0], p.Reject) and "HELLO" in msgs[0].reason
     assert records(out, RecordType.EVENT) == []
     # a hello afterwards is welcomed, and a later stray identity gets its own reject
-    assert replies(h.hello(0), 0) == [Welcome(0, "run-1", "the-run")]
-    assert len(replies(h.send(b"stray", Heartbeat(1, 0, 0)))) == 1
+    assert replies(h.hello(0), 0) == [p.Welcome(0, "run-1", "the-run")]
+    assert len(replies(h.send(b"stray", p.Heartbeat(1, 0, 0)))) == 1
 
 
 def test_protocol_error_from_unknown_peer_is_rejected_and_from_a_rank_is_recorded() -> None:
     h = Harness()
     out = h.state.protocol_error(b"who", "bad magic", h.now)
-    assert replies(out) == [Reject("bad magic")]
+    assert replies(out) == [p.Reject("bad magic")]
     joined(h, 0)
     out = h.state.protocol_error(ident(0), "truncated header", h.now)
     assert replies(out) == []
@@ -298,10 +278,10 @@ def test_protocol_error_from_unknown_peer_is_rejected_and_from_a_rank_is_recorde
 def test_aggregator_messages_from_a_rank_are_counted_as_errors() -> None:
     h = Harness()
     joined(h, 0)
-    out = h.send(ident(0), GoodbyeAck(3))
+    out = h.send(ident(0), p.GoodbyeAck(3))
     assert replies(out) == []
     assert events(out, "warning") == ["rank 0 on node0 sent GoodbyeAck, which ranks do not send"]
-    assert h.send(ident(0), GoodbyeAck(4)) == []  # reported once a minute, counted each time
+    assert h.send(ident(0), p.GoodbyeAck(4)) == []  # reported once a minute, counted each time
     assert h.state.counters["protocol_errors"] == 2
 
 
@@ -309,31 +289,31 @@ def test_aggregator_messages_from_a_rank_are_counted_as_errors() -> None:
 def test_sequence_gap_is_recorded_as_lost_in_transit() -> None:
     h = Harness()
     joined(h, 0)
-    assert events(h.send(ident(0), Heartbeat(1, 0, 0), seq=1)) == []
-    out = h.send(ident(0), Heartbeat(2, 0, 0), seq=4)
+    assert events(h.send(ident(0), p.Heartbeat(1, 0, 0), seq=1)) == []
+    out = h.send(ident(0), p.Heartbeat(2, 0, 0), seq=4)
     (msg,) = events(out, "warning")
     assert "2 message(s)" in msg and "rank 0" in msg and "lost in transit" in msg
     assert h.state.counters["messages_lost"] == 2
-    assert events(h.send(ident(0), Heartbeat(3, 0, 0), seq=5)) == []
+    assert events(h.send(ident(0), p.Heartbeat(3, 0, 0), seq=5)) == []
     assert h.state.counters["messages_lost"] == 2
 
 
 def test_sequence_wraps_around_without_a_gap() -> None:
     h = Harness()
     h.seq[ident(0)] = 2**32 - 2
-    h.send(ident(0), Hello(SECRET, 0, 2, "node0", 1, "t"), seq=2**32 - 2)
-    assert events(h.send(ident(0), Heartbeat(1, 0, 0), seq=2**32 - 1)) == []
-    assert events(h.send(ident(0), Heartbeat(1, 0, 0), seq=0)) == []
-    assert events(h.send(ident(0), Heartbeat(1, 0, 0), seq=1)) == []
-    out = h.send(ident(0), Heartbeat(1, 0, 0), seq=3)
+    h.send(ident(0), p.Hello(SECRET, 0, 2, "node0", 1, "t"), seq=2**32 - 2)
+    assert events(h.send(ident(0), p.Heartbeat(1, 0, 0), seq=2**32 - 1)) == []
+    assert events(h.send(ident(0), p.Heartbeat(1, 0, 0), seq=0)) == []
+    assert events(h.send(ident(0), p.Heartbeat(1, 0, 0), seq=1)) == []
+    out = h.send(ident(0), p.Heartbeat(1, 0, 0), seq=3)
     assert len(events(out, "warning")) == 1
     assert h.state.counters["messages_lost"] == 1
 
 
 def test_gap_across_the_wraparound() -> None:
     h = Harness()
-    h.send(ident(0), Hello(SECRET, 0, 2, "node0", 1, "t"), seq=2**32 - 2)
-    out = h.send(ident(0), Heartbeat(1, 0, 0), seq=1)  # 2**32-1 and 0 went missing
+    h.send(ident(0), p.Hello(SECRET, 0, 2, "node0", 1, "t"), seq=2**32 - 2)
+    out = h.send(ident(0), p.Heartbeat(1, 0, 0), seq=1)  # 2**32-1 and 0 went missing
     assert h.state.counters["messages_lost"] == 2
     assert len(events(out, "warning")) == 1
 
@@ -468,7 +448,7 @@ def test_hello_reductions_override_the_config_before_the_metric_is_stored() -> N
 def test_invalid_hello_reductions_are_ignored_with_a_warning() -> None:
     h = Harness()
     out = h.hello(0, reductions={"x": ["median"], "y": ["sum"]})
-    assert replies(out, 0) == [Welcome(0, "run-1", "the-run")]
+    assert replies(out, 0) == [p.Welcome(0, "run-1", "the-run")]
     (msg,) = events(out, "warning")
     assert "ignored reduction" in msg and "'x'" in msg and "median" in msg
     joined(h, 1)
@@ -640,8 +620,8 @@ def test_heartbeats_keep_a_rank_alive() -> None:
     joined(h, 0, 1)
     for _ in range(5):
         h.now += 4.0
-        h.send(ident(0), Heartbeat(1, 0, 0))
-        h.send(ident(1), Heartbeat(1, 0, 0))
+        h.send(ident(0), p.Heartbeat(1, 0, 0))
+        h.send(ident(1), p.Heartbeat(1, 0, 0))
         assert records(h.tick(), RecordType.RANK) == []
     assert h.state.ranks() == {0: "live", 1: "live"}
 
@@ -662,8 +642,8 @@ def test_goodbye_is_acknowledged_and_recorded() -> None:
     joined(h, 0, 1)
     h.log(1, [("a", 0, 1.0), ("a", 1, 1.0)])
     h.log(1, [("a", 2, 1.0)])
-    out = h.send(ident(1), Goodbye(3, 0, {}))
-    assert replies(out, 1) == [GoodbyeAck(3)]
+    out = h.send(ident(1), p.Goodbye(3, 0, {}))
+    assert replies(out, 1) == [p.GoodbyeAck(3)]
     (rank,) = records(out, RecordType.RANK)
     assert rank["rank"] == 1 and rank["state"] == "closed"
     assert rank["sent_points"] == 3 and rank["received_points"] == 3 and rank["dropped_points"] == 0
@@ -676,8 +656,8 @@ def test_goodbye_reporting_drops_records_a_warning() -> None:
     h = Harness(host_rank=None)
     joined(h, 0)
     h.log(0, [("a", 0, 1.0)])
-    out = h.send(ident(0), Goodbye(1, 5, {"loss": 3, "acc": 2}))
-    assert replies(out, 0) == [GoodbyeAck(1)]
+    out = h.send(ident(0), p.Goodbye(1, 5, {"loss": 3, "acc": 2}))
+    assert replies(out, 0) == [p.GoodbyeAck(1)]
     (msg,) = events(out, "warning")
     assert "dropped 5 point(s)" in msg and "loss: 3" in msg and "acc: 2" in msg
     assert h.state.counters["dropped_points"] == 5
@@ -687,8 +667,8 @@ def test_goodbye_with_a_mismatch_records_a_warning() -> None:
     h = Harness(host_rank=None)
     joined(h, 0)
     h.log(0, [("a", 0, 1.0), ("a", 1, 1.0)])
-    out = h.send(ident(0), Goodbye(5, 0, {}))
-    assert replies(out, 0) == [GoodbyeAck(2)]
+    out = h.send(ident(0), p.Goodbye(5, 0, {}))
+    assert replies(out, 0) == [p.GoodbyeAck(2)]
     (msg,) = events(out, "warning")
     assert "sent 5 point(s)" in msg and "2 arrived" in msg
 
@@ -766,7 +746,7 @@ def test_begin_close_without_a_host_rank() -> None:
 def test_status_failed_makes_the_run_failed() -> None:
     h = Harness()
     joined(h, 0, 1)
-    out = h.send(ident(1), Status("failed", "ValueError: boom"))
+    out = h.send(ident(1), p.Status("failed", "ValueError: boom"))
     (status,) = records(out, RecordType.STATUS)
     assert status["status"] == "failed" and status["rank"] == 1 and status["reason"] == "ValueError: boom"
     h.goodbye(0)
@@ -794,15 +774,15 @@ def test_after_finish_every_message_is_rejected() -> None:
     h.tick()
     assert h.state.finished
     for msg in (
-        Hello(SECRET, 1, 1, "n", 1, "t"),
-        Heartbeat(1, 0, 0),
-        Event("x", 1),
-        Goodbye(0, 0),
-        MetricBatch(["a"], np.zeros(1, np.uint32), np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1)),
+        p.Hello(SECRET, 1, 1, "n", 1, "t"),
+        p.Heartbeat(1, 0, 0),
+        p.Event("x", 1),
+        p.Goodbye(0, 0),
+        p.MetricBatch(["a"], np.zeros(1, np.uint32), np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1)),
     ):
         for who in (ident(0), b"new"):
             out = h.state.handle(who, 9, msg, h.now)
-            assert len(out) == 1 and isinstance(replies(out)[0], Reject)
+            assert len(out) == 1 and isinstance(replies(out)[0], p.Reject)
     assert h.state.tick(h.now + 1000) == []
     assert h.state.finish_now(h.now) == []
 
@@ -811,29 +791,29 @@ def test_after_finish_every_message_is_rejected() -> None:
 def test_event_run_update_folder_and_alert_records() -> None:
     h = Harness()
     joined(h, 0, 1)
-    out = h.send(ident(1), Event("hello world", 12_345_678, "error"))
+    out = h.send(ident(1), p.Event("hello world", 12_345_678, "error"))
     assert records(out, RecordType.EVENT) == [
         {"message": "hello world", "time_us": 12_345, "rank": 1, "host": "node1", "level": "error"}
     ]
     assert h.state.counters["events"] == 1
-    out = h.send(ident(0), RunUpdate(name="n", tags=["a"], metadata={"lr": 0.1}))
+    out = h.send(ident(0), p.RunUpdate(name="n", tags=["a"], metadata={"lr": 0.1}))
     assert records(out, RecordType.RUN_UPDATE) == [{"name": "n", "tags": ["a"], "metadata": {"lr": 0.1}}]
-    assert h.send(ident(0), RunUpdate()) == []
-    out = h.send(ident(0), FolderDetails("/p", tags=["t"]))
+    assert h.send(ident(0), p.RunUpdate()) == []
+    out = h.send(ident(0), p.FolderDetails("/p", tags=["t"]))
     assert records(out, RecordType.FOLDER) == [{"path": "/p", "metadata": None, "tags": ["t"], "description": None}]
     definition = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=3)
-    out = h.send(ident(0), AlertDefinition(definition))
+    out = h.send(ident(0), p.AlertDefinition(definition))
     assert records(out, RecordType.ALERT) == [definition]
     # every rank of an MPI job defines it: recorded (and so registered with the server) once
-    out = h.send(ident(1), AlertDefinition(definition))
+    out = h.send(ident(1), p.AlertDefinition(definition))
     assert records(out, RecordType.ALERT) == [] and events(out) == []
     # the same name defined differently: refused with a warning
     other = metric_alert("al", "is above", "x", frequency=1, window=1, threshold=4)
-    out = h.send(ident(1), AlertDefinition(other))
+    out = h.send(ident(1), p.AlertDefinition(other))
     assert records(out, RecordType.ALERT) == [] and any("defined differently" in m for m in events(out, "warning"))
     # an invalid definition (only a broken client sends one) is refused with a warning, not recorded:
     # the server would refuse it too, and its 422 would stop the upload
-    out = h.send(ident(0), AlertDefinition({"name": "bad", "source": "metrics"}))
+    out = h.send(ident(0), p.AlertDefinition({"name": "bad", "source": "metrics"}))
     assert records(out, RecordType.ALERT) == [] and any("not evaluated" in m for m in events(out, "warning"))
 
 
@@ -842,10 +822,10 @@ def test_abort_tells_every_live_rank_and_later_joiners_and_terminates_the_run() 
     h = Harness(expected_ranks=3)
     joined(h, 0, 1)
     out = h.state.abort("stop now")
-    assert replies(out, 0) == [Notice("abort", "stop now")] and replies(out, 1) == [Notice("abort", "stop now")]
+    assert replies(out, 0) == [p.Notice("abort", "stop now")] and replies(out, 1) == [p.Notice("abort", "stop now")]
     assert h.state.abort("again") == []  # once
     late = h.hello(2)
-    assert replies(late, 2) == [Welcome(2, "run-1", "the-run"), Notice("abort", "stop now")]
+    assert replies(late, 2) == [p.Welcome(2, "run-1", "the-run"), p.Notice("abort", "stop now")]
     for r in (0, 1, 2):
         h.goodbye(r)
     (end,) = records(h.tick(), RecordType.END)
@@ -904,9 +884,9 @@ def test_resources_are_summed_per_node_and_over_nodes() -> None:
     h = Harness(expected_ranks=3, system_metrics_interval=1.0)
     joined(h, 0, 1, 2)  # hosts node0, node1, node2
     h.state._roster.by_identity[ident(1)].host = "node0"  # ranks 0 and 1 share a node
-    h.send(ident(0), Resources(1, 50.0, 100.0, [[0, 80.0, 40.0]]))
-    h.send(ident(1), Resources(1, 30.0, 200.0))
-    h.send(ident(2), Resources(1, 100.0, 50.0, [[0, 20.0, 10.0]]))
+    h.send(ident(0), p.Resources(1, 50.0, 100.0, [[0, 80.0, 40.0]]))
+    h.send(ident(1), p.Resources(1, 30.0, 200.0))
+    h.send(ident(2), p.Resources(1, 100.0, 50.0, [[0, 20.0, 10.0]]))
     out = h.tick(1.0)
     (a,) = [a for a in out if isinstance(a, AppendMetrics) and a.names[0].startswith("resources/")]
     got = dict(zip(a.names, a.value.tolist(), strict=True))
@@ -929,7 +909,7 @@ def test_an_alert_transition_is_an_event_a_state_record_and_maybe_an_abort() -> 
     h = Harness()
     joined(h, 0, 1)
     definition = metric_alert("hot", "is above", "t", frequency=0.01, window=0.05, threshold=5, abort=True)
-    h.send(ident(0), AlertDefinition(definition))
+    h.send(ident(0), p.AlertDefinition(definition))
     for step in range(3):
         h.log(0, [("t", step, 9.0)])
         h.log(1, [("t", step, 9.0)])
@@ -938,35 +918,35 @@ def test_an_alert_transition_is_an_event_a_state_record_and_maybe_an_abort() -> 
     out = h.tick(1.0)
     assert records(out, RecordType.ALERT_STATE)[0]["status"] == "critical"
     assert any("'hot' is critical" in m for m in events(out, "warning"))
-    assert replies(out, 0) == [Notice("abort", "alert 'hot' is critical")]
+    assert replies(out, 0) == [p.Notice("abort", "alert 'hot' is critical")]
 
 
 def test_user_alert_state_from_a_rank() -> None:
     h = Harness()
     joined(h, 0, 1)
-    h.send(ident(0), AlertDefinition(user_alert("manual")))
-    out = h.send(ident(1), AlertState("manual", "critical"))
+    h.send(ident(0), p.AlertDefinition(user_alert("manual")))
+    out = h.send(ident(1), p.AlertState("manual", "critical"))
     assert records(out, RecordType.ALERT_STATE)[0]["status"] == "critical"
-    out = h.send(ident(1), AlertState("nonexistent", "critical"))
+    out = h.send(ident(1), p.AlertState("nonexistent", "critical"))
     assert records(out, RecordType.ALERT_STATE) == [] and events(out, "warning")
 
 
 # --------------------------------------------------------------------------------------------- files
-def offer(sha: str = SHA, size: int = 6, name: str = "out.txt", category: str = "output") -> FileOffer:
-    return FileOffer(sha, size, name, category, f"/tmp/{name}", "text/plain", 5_000_000)
+def offer(sha: str = SHA, size: int = 6, name: str = "out.txt", category: str = "output") -> p.FileOffer:
+    return p.FileOffer(sha, size, name, category, f"/tmp/{name}", "text/plain", 5_000_000)
 
 
 def test_file_transfer() -> None:
     h = Harness()
     joined(h, 0, 1)
-    assert replies(h.send(ident(0), offer()), 0) == [FileReply(SHA, "need")]
-    assert h.send(ident(0), FileChunk(SHA, 0, False, b"abc")) == [FileWrite(SHA, 0, b"abc", False)]
+    assert replies(h.send(ident(0), offer()), 0) == [p.FileReply(SHA, "need")]
+    assert h.send(ident(0), p.FileChunk(SHA, 0, False, b"abc")) == [FileWrite(SHA, 0, b"abc", False)]
     # rank 1 offers the same bytes meanwhile: it waits, no answer yet
     assert h.send(ident(1), offer(name="copy.txt")) == []
-    assert h.send(ident(0), FileChunk(SHA, 3, True, b"def")) == [FileWrite(SHA, 3, b"def", True)]
+    assert h.send(ident(0), p.FileChunk(SHA, 3, True, b"def")) == [FileWrite(SHA, 3, b"def", True)]
     out = h.file_done(SHA, True)
-    assert replies(out, 0) == [FileReply(SHA, "stored")]
-    assert replies(out, 1) == [FileReply(SHA, "stored")]
+    assert replies(out, 0) == [p.FileReply(SHA, "stored")]
+    assert replies(out, 1) == [p.FileReply(SHA, "stored")]
     files = records(out, RecordType.FILE)
     assert [(f["name"], f["rank"], f["host"]) for f in files] == [("out.txt", 0, "node0"), ("copy.txt", 1, "node1")]
     assert files[0] == {
@@ -982,10 +962,10 @@ def test_file_transfer() -> None:
     }
     # once stored, an offer is answered at once; the same (sha256, name, category) is recorded once
     out = h.send(ident(1), offer())
-    assert replies(out, 1) == [FileReply(SHA, "stored")]
+    assert replies(out, 1) == [p.FileReply(SHA, "stored")]
     assert records(out, RecordType.FILE) == []
     out = h.send(ident(1), offer(category="input"))
-    assert replies(out, 1) == [FileReply(SHA, "stored")]
+    assert replies(out, 1) == [p.FileReply(SHA, "stored")]
     assert len(records(out, RecordType.FILE)) == 1
     assert h.file_done(SHA, True) == []  # nothing open any more
 
@@ -995,10 +975,10 @@ def test_waiter_with_the_same_name_gets_no_second_record() -> None:
     joined(h, 0, 1)
     h.send(ident(0), offer())
     h.send(ident(1), offer())
-    h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef"))
+    h.send(ident(0), p.FileChunk(SHA, 0, True, b"abcdef"))
     out = h.file_done(SHA, True)
     assert len(records(out, RecordType.FILE)) == 1
-    assert replies(out, 1) == [FileReply(SHA, "stored")]
+    assert replies(out, 1) == [p.FileReply(SHA, "stored")]
 
 
 def test_failed_transfer_promotes_the_next_waiter() -> None:
@@ -1007,19 +987,19 @@ def test_failed_transfer_promotes_the_next_waiter() -> None:
     h.send(ident(0), offer())
     h.send(ident(1), offer())
     h.send(ident(2), offer())
-    h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef"))
+    h.send(ident(0), p.FileChunk(SHA, 0, True, b"abcdef"))
     out = h.file_done(SHA, False, "checksum mismatch")
-    assert replies(out, 0) == [FileReply(SHA, "error", "checksum mismatch")]
-    assert replies(out, 1) == [FileReply(SHA, "need")]
+    assert replies(out, 0) == [p.FileReply(SHA, "error", "checksum mismatch")]
+    assert replies(out, 1) == [p.FileReply(SHA, "need")]
     assert replies(out, 2) == []
     assert records(out, RecordType.FILE) == []
     # the old owner cannot send any more; the promoted one can
-    (msg,) = replies(h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef")), 0)
-    assert isinstance(msg, FileReply) and msg.status == "error"
-    assert h.send(ident(1), FileChunk(SHA, 0, True, b"abcdef")) == [FileWrite(SHA, 0, b"abcdef", True)]
+    (msg,) = replies(h.send(ident(0), p.FileChunk(SHA, 0, True, b"abcdef")), 0)
+    assert isinstance(msg, p.FileReply) and msg.status == "error"
+    assert h.send(ident(1), p.FileChunk(SHA, 0, True, b"abcdef")) == [FileWrite(SHA, 0, b"abcdef", True)]
     out = h.file_done(SHA, True)
-    assert replies(out, 1) == [FileReply(SHA, "stored")]
-    assert replies(out, 2) == [FileReply(SHA, "stored")]
+    assert replies(out, 1) == [p.FileReply(SHA, "stored")]
+    assert replies(out, 2) == [p.FileReply(SHA, "stored")]
     assert len(records(out, RecordType.FILE)) == 1
 
 
@@ -1027,12 +1007,12 @@ def test_owner_closing_mid_transfer_discards_and_promotes() -> None:
     h = Harness(host_rank=None)
     joined(h, 0, 1)
     h.send(ident(0), offer())
-    h.send(ident(0), FileChunk(SHA, 0, False, b"abc"))
+    h.send(ident(0), p.FileChunk(SHA, 0, False, b"abc"))
     h.send(ident(1), offer())
     out = h.goodbye(0)
     assert FileDiscard(SHA) in out
-    assert replies(out, 1) == [FileReply(SHA, "need")]
-    assert replies(out, 0) == [GoodbyeAck(0)]
+    assert replies(out, 1) == [p.FileReply(SHA, "need")]
+    assert replies(out, 0) == [p.GoodbyeAck(0)]
 
 
 def test_owner_lost_mid_transfer_discards_and_promotes() -> None:
@@ -1043,7 +1023,7 @@ def test_owner_lost_mid_transfer_discards_and_promotes() -> None:
     h.send(ident(1), offer())
     out = h.tick(3.0)
     assert FileDiscard(SHA) in out
-    assert replies(out, 1) == [FileReply(SHA, "need")]
+    assert replies(out, 1) == [p.FileReply(SHA, "need")]
 
 
 def test_a_closing_waiter_is_forgotten() -> None:
@@ -1052,7 +1032,7 @@ def test_a_closing_waiter_is_forgotten() -> None:
     h.send(ident(0), offer())
     h.send(ident(1), offer())
     h.goodbye(1)
-    h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef"))
+    h.send(ident(0), p.FileChunk(SHA, 0, True, b"abcdef"))
     out = h.file_done(SHA, True)
     assert replies(out, 1) == []
     assert len(records(out, RecordType.FILE)) == 1
@@ -1060,10 +1040,10 @@ def test_a_closing_waiter_is_forgotten() -> None:
 
 @pytest.mark.parametrize(
     "chunk",
-    [FileChunk(SHA, 1, False, b"bc"), FileChunk(SHA, 0, False, b"abcdefg"), FileChunk(SHA, 3, True, b"def")],
+    [p.FileChunk(SHA, 1, False, b"bc"), p.FileChunk(SHA, 0, False, b"abcdefg"), p.FileChunk(SHA, 3, True, b"def")],
     ids=["gap", "past the size", "skipped first"],
 )
-def test_out_of_order_chunk_is_an_error(chunk: FileChunk) -> None:
+def test_out_of_order_chunk_is_an_error(chunk: p.FileChunk) -> None:
     h = Harness()
     joined(h, 0, 1)
     h.send(ident(0), offer())
@@ -1072,19 +1052,19 @@ def test_out_of_order_chunk_is_an_error(chunk: FileChunk) -> None:
     assert FileDiscard(SHA) in out
     assert not any(isinstance(a, FileWrite) for a in out)
     (msg,) = replies(out, 0)
-    assert isinstance(msg, FileReply) and msg.status == "error" and "order" in msg.reason
-    assert replies(out, 1) == [FileReply(SHA, "need")]
+    assert isinstance(msg, p.FileReply) and msg.status == "error" and "order" in msg.reason
+    assert replies(out, 1) == [p.FileReply(SHA, "need")]
 
 
 def test_chunk_without_an_offer_is_an_error() -> None:
     h = Harness()
     joined(h, 0, 1)
-    (msg,) = replies(h.send(ident(0), FileChunk(SHA2, 0, True, b"x")))
-    assert isinstance(msg, FileReply) and msg.status == "error"
+    (msg,) = replies(h.send(ident(0), p.FileChunk(SHA2, 0, True, b"x")))
+    assert isinstance(msg, p.FileReply) and msg.status == "error"
     h.send(ident(0), offer())
-    (msg,) = replies(h.send(ident(1), FileChunk(SHA, 0, True, b"abcdef")))  # not the owner
-    assert isinstance(msg, FileReply) and msg.status == "error"
-    assert h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef")) == [FileWrite(SHA, 0, b"abcdef", True)]
+    (msg,) = replies(h.send(ident(1), p.FileChunk(SHA, 0, True, b"abcdef")))  # not the owner
+    assert isinstance(msg, p.FileReply) and msg.status == "error"
+    assert h.send(ident(0), p.FileChunk(SHA, 0, True, b"abcdef")) == [FileWrite(SHA, 0, b"abcdef", True)]
 
 
 def test_finish_discards_open_transfers() -> None:
@@ -1132,7 +1112,7 @@ def test_exactly_the_reductions_of_what_was_logged(scenario: Any) -> None:
         elif i <= len(plans[r]):
             h.log(r, plans[r][i - 1])
         else:
-            assert replies(h.goodbye(r), r) == [GoodbyeAck(sum(len(m) for m in plans[r]))]
+            assert replies(h.goodbye(r), r) == [p.GoodbyeAck(sum(len(m) for m in plans[r]))]
         if tick:
             h.tick()
     h.tick()
@@ -1201,9 +1181,9 @@ def test_offer_of_a_malformed_sha256_is_an_error(sha: str) -> None:
     h = Harness()
     joined(h, 0)
     (msg,) = replies(h.send(ident(0), offer(sha)), 0)
-    assert isinstance(msg, FileReply) and msg.status == "error" and "sha256" in msg.reason
-    (msg,) = replies(h.send(ident(0), FileChunk(sha, 0, True, b"abcdef")), 0)
-    assert isinstance(msg, FileReply) and msg.status == "error"
+    assert isinstance(msg, p.FileReply) and msg.status == "error" and "sha256" in msg.reason
+    (msg,) = replies(h.send(ident(0), p.FileChunk(sha, 0, True, b"abcdef")), 0)
+    assert isinstance(msg, p.FileReply) and msg.status == "error"
     assert not any(isinstance(a, FileWrite) for a in h.actions)
 
 
@@ -1213,8 +1193,8 @@ def test_a_rank_back_from_lost_on_a_new_link_is_not_listed_lost_at_the_end() -> 
     joined(h, 0, 1)
     h.tick(6.0)  # both lost
     h.hello(1, who=b"new")
-    h.send(ident(0), Heartbeat(0, 0, 0))  # rank 0 speaks again on its old link
-    h.send(b"new", Goodbye(0, 0, {}))
+    h.send(ident(0), p.Heartbeat(0, 0, 0))  # rank 0 speaks again on its old link
+    h.send(b"new", p.Goodbye(0, 0, {}))
     out = h.goodbye(0)
     out += h.tick()
     (end,) = records(out, RecordType.END)
@@ -1228,7 +1208,7 @@ def test_a_repeated_goodbye_is_acknowledged_and_counted_once() -> None:
     h.log(1, [("x", 0, 1.0)])
     h.goodbye(1, dropped={"x": 3})
     out = h.goodbye(1, dropped={"x": 3})
-    assert replies(out, 1) == [GoodbyeAck(1)]
+    assert replies(out, 1) == [p.GoodbyeAck(1)]
     assert records(out, RecordType.RANK) == [] and events(out) == []
     assert h.state.counters["dropped_points"] == 3
 
@@ -1237,10 +1217,10 @@ def test_a_chunk_after_the_final_one_is_an_error() -> None:
     h = Harness()
     joined(h, 0, 1)
     h.send(ident(0), offer())
-    h.send(ident(0), FileChunk(SHA, 0, True, b"abcdef"))
-    out = h.send(ident(0), FileChunk(SHA, 6, True, b""))
+    h.send(ident(0), p.FileChunk(SHA, 0, True, b"abcdef"))
+    out = h.send(ident(0), p.FileChunk(SHA, 6, True, b""))
     assert [a for a in out if isinstance(a, FileWrite)] == []
-    assert replies(out, 0) == [FileReply(SHA, "error", "chunk out of order or past the size")]
+    assert replies(out, 0) == [p.FileReply(SHA, "error", "chunk out of order or past the size")]
 
 
 # --------------------------------------------------------------------------------------------- bounds
@@ -1263,7 +1243,7 @@ def test_protocol_errors_are_logged_once_per_peer_per_minute(caplog: pytest.LogC
     assert h.state.counters["protocol_errors"] == 2001
     assert len([e for e in events(h.actions, "warning") if "undecodable" in e]) == 2
     # an unknown peer is still answered each time: it must learn that it is not welcome
-    assert sum(1 for m in replies(h.actions, b"stranger") if isinstance(m, Reject)) == 1000
+    assert sum(1 for m in replies(h.actions, b"stranger") if isinstance(m, p.Reject)) == 1000
 
 
 def test_distinct_metric_names_are_capped() -> None:
@@ -1315,23 +1295,23 @@ def test_peers_are_capped_at_the_world_plus_a_margin() -> None:
     h = Harness(expected_ranks=2, peer_margin=1)
     joined(h, 0, 1)
     (ok,) = replies(h.hello(-1, who=b"extra"))
-    assert isinstance(ok, Welcome) and ok.rank == 2
+    assert isinstance(ok, p.Welcome) and ok.rank == 2
     for k in range(3):
         (no,) = replies(h.hello(-1, who=b"more%d" % k))
-        assert isinstance(no, Reject) and "3 ranks" in no.reason
+        assert isinstance(no, p.Reject) and "3 ranks" in no.reason
     assert h.state.counters["peers_refused"] == 3
     assert len([e for e in events(h.actions, "warning") if "peer_margin" in e]) == 1
-    assert replies(h.hello(1), 1) == [Welcome(1, "run-1", "the-run")]  # a known rank may say hello again
+    assert replies(h.hello(1), 1) == [p.Welcome(1, "run-1", "the-run")]  # a known rank may say hello again
 
 
 def test_a_pool_caps_the_ranks_live_at_once() -> None:
     h = Harness(expected_ranks=None, max_peers=3)
     joined(h, 0)
     for k in range(2):
-        assert isinstance(replies(h.hello(-1, who=b"w%d" % k))[0], Welcome)
-    assert isinstance(replies(h.hello(-1, who=b"w9"))[0], Reject)
+        assert isinstance(replies(h.hello(-1, who=b"w%d" % k))[0], p.Welcome)
+    assert isinstance(replies(h.hello(-1, who=b"w9"))[0], p.Reject)
     h.goodbye(b"w0")
-    assert isinstance(replies(h.hello(-1, who=b"w10"))[0], Welcome)  # a closed worker frees its place
+    assert isinstance(replies(h.hello(-1, who=b"w10"))[0], p.Welcome)  # a closed worker frees its place
 
 
 # --------------------------------------------------------------------------------------------- stopping
@@ -1341,11 +1321,13 @@ def test_stop_tells_every_rank_and_fails_the_run() -> None:
     h.log(0, [("x", 0, 1.0)])
     out = h.state.stop("disk full", h.now)
     h.actions += out
-    assert replies(out, 0) == [Notice("stopped", "disk full")] and replies(out, 1) == [Notice("stopped", "disk full")]
+    assert replies(out, 0) == [p.Notice("stopped", "disk full")] and replies(out, 1) == [
+        p.Notice("stopped", "disk full")
+    ]
     assert [(r["status"], r["reason"]) for r in records(out, RecordType.STATUS)] == [("failed", "disk full")]
     assert h.state.stop("disk full again", h.now) == []  # once
     late = h.hello(2)
-    assert replies(late, 2) == [Welcome(2, "run-1", "the-run"), Notice("stopped", "disk full")]
+    assert replies(late, 2) == [p.Welcome(2, "run-1", "the-run"), p.Notice("stopped", "disk full")]
     assert h.log(1, [("x", 0, 2.0), ("y", 0, 1.0)]) == []  # no longer accepted: dropped and counted
     assert h.state.counters["points_after_stop"] == 2
     for r in (0, 1, 2):

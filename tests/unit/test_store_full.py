@@ -9,8 +9,6 @@ import errno
 import hashlib
 import os
 import stat
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,6 @@ from simvue_hpc.store.format import MAX_RECORD_BYTES
 
 T0 = 1_700_000_000_000_000
 NAMES = [f"metric_{i:02d}" for i in range(50)]
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a 3 MiB tmpfs (needs root): {exc}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def _batch(first: int, n: int) -> dict[str, Any]:

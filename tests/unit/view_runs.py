@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from simvue_hpc.store import RecordType, RunWriter
+from tests.helpers import store_file
 
 T0 = 1_700_000_000_000_000
 RUN_ID = "VIEWrun000000000000000"
@@ -92,23 +92,7 @@ def make_run(root: Path, *, wide_ranks: int = 40, end: bool = True, extra_metric
             RecordType.ALERT_STATE,
             {"name": "loss-spread", "status": "ok", "time_us": step_time(75), "message": "back to normal"},
         )
-        content = Path(__file__).read_bytes()
-        sha, size = hashlib.sha256(content).hexdigest(), len(content)
-        with w.begin_file(sha) as sink:
-            sink.write(content)
-            sink.commit()
-        w.append(
-            RecordType.FILE,
-            {
-                "name": "view_runs.py",
-                "category": "code",
-                "sha256": sha,
-                "size": size,
-                "rank": 0,
-                "host": "node1",
-                "time_us": step_time(99),
-            },
-        )
+        store_file(w, Path(__file__), "code", rank=0, host="node1", time_us=step_time(99))
         w.append(RecordType.RANK, {"rank": 3, "host": "node2", "pid": 103, "state": "lost", "time_us": step_time(60)})
         if end:
             for rank in range(3):
