@@ -1346,7 +1346,7 @@ def test_memory_follows_what_is_open_not_the_length_of_the_run() -> None:
 
     state = AggregatorState(AggregatorConfig("r", "r", SECRET, expected_ranks=2, host_rank=None), 0.0)
     for r in (0, 1):
-        state.handle(ident(r), 0, Hello(SECRET, r, 2, "node", r, "t"), 0.0)
+        state.handle(ident(r), 0, p.Hello(SECRET, r, 2, "node", r, "t"), 0.0)
     names = [f"m{k}" for k in range(10)]
     now = 0.0
     held = []
@@ -1355,7 +1355,7 @@ def test_memory_follows_what_is_open_not_the_length_of_the_run() -> None:
         for step in range(6_000):
             for r in (0, 1):
                 n = len(names)
-                batch = MetricBatch(
+                batch = p.MetricBatch(
                     names, np.arange(n, dtype=np.uint32), np.full(n, step), np.full(n, step), np.full(n, 1.0 * r)
                 )
                 state.handle(ident(r), step + 1, batch, now)
@@ -1374,10 +1374,10 @@ def test_memory_follows_what_is_open_not_the_length_of_the_run() -> None:
 def test_well_formed_but_impossible_messages_are_refused_and_counted() -> None:
     h = Harness(expected_ranks=2, system_metrics_interval=1.0)
     joined(h, 0, 1)
-    h.send(ident(0), Resources(1, 50.0, 100.0, [[1.0] * 100]))  # not [index, utilisation, memory]
-    h.send(ident(1), Resources(1, float("nan"), 100.0))
-    h.send(ident(0), Status("bogus", "r"))
-    h.send(ident(0), Status("{0} {x}", "braces"))
+    h.send(ident(0), p.Resources(1, 50.0, 100.0, [[1.0] * 100]))  # not [index, utilisation, memory]
+    h.send(ident(1), p.Resources(1, float("nan"), 100.0))
+    h.send(ident(0), p.Status("bogus", "r"))
+    h.send(ident(0), p.Status("{0} {x}", "braces"))
     out = h.tick(1.0)  # the roll-up ignores what was refused
     assert not [a for a in out if isinstance(a, AppendMetrics) and a.names[0].startswith("resources/")]
     assert records(h.actions, RecordType.STATUS) == []
@@ -1390,8 +1390,8 @@ def test_well_formed_but_impossible_messages_are_refused_and_counted() -> None:
 def test_hello_with_an_impossible_rank_or_host_is_rejected() -> None:
     h = Harness(expected_ranks=4, peer_margin=2)
     for kw in ({"rank": 2**62}, {"rank": 6}):
-        (msg,) = replies(h.send(b"odd", Hello(SECRET, size=4, host="n", pid=1, client="t", **kw)))  # type: ignore[arg-type]
-        assert isinstance(msg, Reject) and "rank" in msg.reason
-    (msg,) = replies(h.send(b"long", Hello(SECRET, 1, 4, "h" * 300, 1, "t")))
-    assert isinstance(msg, Reject) and "host" in msg.reason
-    assert replies(h.hello(5), 5) == [Welcome(5, "run-1", "the-run")]  # within the margin
+        (msg,) = replies(h.send(b"odd", p.Hello(SECRET, size=4, host="n", pid=1, client="t", **kw)))  # type: ignore[arg-type]
+        assert isinstance(msg, p.Reject) and "rank" in msg.reason
+    (msg,) = replies(h.send(b"long", p.Hello(SECRET, 1, 4, "h" * 300, 1, "t")))
+    assert isinstance(msg, p.Reject) and "host" in msg.reason
+    assert replies(h.hello(5), 5) == [p.Welcome(5, "run-1", "the-run")]  # within the margin
