@@ -33,7 +33,7 @@ from .reporter import Reporter
 from .runspec import attach_environment, run_fields
 
 if TYPE_CHECKING:
-    from .aggregator.loop import ProcessHost, ThreadHost
+    from .aggregator.hosts import ProcessHost, ThreadHost
     from .relay.launch import NodeRelay
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Simvue(OfficialAlerts):
 
     def _start_host(self, run: dict[str, Any], placement: roles.Placement) -> tuple[str, str]:
         """Start this run's aggregator here; returns its endpoint and the run's secret."""
-        from .aggregator.loop import ProcessHost, ThreadHost
+        from .aggregator.hosts import ProcessHost, ThreadHost
         from .runspec import host_spec, job_info
 
         job = job_info(placement.size, placement.launcher, self._settings)

@@ -11,7 +11,6 @@ went silent) reaches the caller as one :class:`~simvue_hpc.errors.RunStopped` on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -36,11 +35,12 @@ from .errors import (
     SimvueHPCError,
     TransportError,
 )
+from .filechunks import file_chunks, file_digest
 from .outbox import Every, Outbox
+from .procinfo import process_identity
 from .protocol import (
     Ack,
     Event,
-    FileChunk,
     FileOffer,
     FileReply,
     Goodbye,
@@ -60,26 +60,12 @@ from .resources import ResourceSampler
 
 log = logging.getLogger(__name__)
 
-FILE_CHUNK_BYTES = 1 << 20
 FILE_CHUNKS_IN_FLIGHT = 8
 SNDHWM = 64
 PUMP_RETRY = 0.005  # how soon the I/O thread tries again when ZeroMQ would block
 GOODBYE_LINGER_MS = 1000  # how long a rank that leaves during its handshake tries to deliver its goodbye
 RECONNECT_GRACE = 5.0  # a connection to the aggregator lost this long (not re-established) means it is gone
 RESTART_GRACE = 15.0  # more, when the host may start a new aggregator (aggregator_restarts)
-
-
-def process_identity() -> tuple[int, int]:
-    """This process's start time (clock ticks since boot) and pid namespace inode; 0 where unknown.
-    With the pid they tell the aggregator whether a local rank is still this process."""
-    start_time = pid_ns = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/stat", "rb") as fh:
-            stat = fh.read()
-        start_time = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22; the name may hold spaces
-    with contextlib.suppress(OSError):
-        pid_ns = os.stat("/proc/self/ns/pid").st_ino
-    return start_time, pid_ns
 
 
 @dataclass
@@ -228,13 +214,7 @@ class Reporter:
 
     def save(self, path: Path, name: str, category: str, mime_type: str) -> str:
         """Send a file unless the aggregator already holds its checksum; returns the sha256."""
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(FILE_CHUNK_BYTES):
-                digest.update(chunk)
-                size += len(chunk)
-        sha = digest.hexdigest()
+        sha, size = file_digest(path)
         wait = self._file_waits.setdefault(sha, _FileWait())
         deadline = time.monotonic() + self.settings.file_timeout
         if not self.send(FileOffer(sha, size, name, category, str(path.resolve()), mime_type, time.time_ns())):
@@ -268,18 +248,11 @@ class Reporter:
         return wait.replies.popleft()
 
     def _stream_file(self, path: Path, sha: str, size: int, deadline: float) -> None:
-        offset = 0
-        with open(path, "rb") as fh:
-            while True:
-                data = fh.read(FILE_CHUNK_BYTES)
-                final = offset + len(data) >= size or not data
-                if not self._chunk_slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    raise TransportError(f"file {path}: the aggregator did not take it within the timeout")
-                self._controls.append((FileChunk(sha, offset, final, data), True))
-                self._wake()
-                offset += len(data)
-                if final:
-                    return
+        for chunk in file_chunks(path, sha, size):
+            if not self._chunk_slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TransportError(f"file {path}: the aggregator did not take it within the timeout")
+            self._controls.append((chunk, True))
+            self._wake()
 
     # ------------------------------------------------------------------------------------------ close
     def close(self, timeout: float | None = None) -> bool:

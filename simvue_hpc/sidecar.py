@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from .aggregator.loop import ThreadHost
+from .aggregator.hosts import ThreadHost
 from .config import HPCSettings
 from .errors import ConfigurationError
 from .runspec import attach_environment, host_spec, job_info, run_fields

@@ -37,6 +37,7 @@ from ..protocol import MetricBatch
 from ..relay.wire import PartialBatch
 from .accumulate import Partials, accumulate, merge
 from .actions import AppendMetrics
+from .columns import combined, concat, grown
 from .output import StoredColumns
 from .peers import INT64_MAX, INT64_MIN, Roster
 from .reduce import Reduction
@@ -249,11 +250,11 @@ class StepFinality:
         late = rows.step <= self._final_step[rows.key]
         if late.any():
             self._counters["late_points"] += int(rows.count[late].sum())
-            self._emit(_combined(rows.select(late)), [], out, late=True)
+            self._emit(combined(rows.select(late)), [], out, late=True)
             rows = rows.select(~late)
         reduced = self._mode[rows.key] == REDUCED
         if reduced.any():
-            self._open = merge(self._open, _combined(rows.select(reduced)))
+            self._open = merge(self._open, combined(rows.select(reduced)))
         if not reduced.all():  # one rank in the whole job logs it: its points, as logged (count 1 each)
             single = rows.select(~reduced)
             n = len(single)
@@ -277,7 +278,7 @@ class StepFinality:
         raw_ready: list[tuple[int, tuple[np.ndarray, ...]]] = []
         for gid in sorted(self._raw_gids):
             metric = self._by_gid[gid]
-            chunk = _concat(metric.raw)
+            chunk = concat(metric.raw)
             take = chunk[0] <= wm[gid]
             if take.any():
                 raw_ready.append((gid, tuple(c[take] for c in chunk)))
@@ -311,8 +312,8 @@ class StepFinality:
             self._metrics[name] = metric
             self._by_gid.append(metric)
             if metric.gid >= len(self._final_step):
-                self._final_step = _grown(self._final_step, INT64_MIN)
-                self._mode = _grown(self._mode, 0)
+                self._final_step = grown(self._final_step, INT64_MIN)
+                self._mode = grown(self._mode, 0)
             self._mode[metric.gid] = metric.mode
         return metric
 
@@ -342,7 +343,7 @@ class StepFinality:
             metric = self._by_gid[gid]
             if sum(len(c[0]) for c in metric.raw) <= cap:
                 continue
-            chunk = _concat(metric.raw)
+            chunk = concat(metric.raw)
             if len(chunk[0]) > cap:
                 order = np.argsort(chunk[0], kind="stable")[:cap]
                 order.sort()
@@ -366,14 +367,14 @@ class StepFinality:
         """Staged points into the open groups (each point once); late ones stored at once."""
         for g in [g for g in self._raw_gids if self._mode[g] == REDUCED]:  # a second rank joined the metric
             metric = self._by_gid[g]
-            r_step, _, r_t_ns, r_value, r_arrived = _concat(metric.raw)
+            r_step, _, r_t_ns, r_value, r_arrived = concat(metric.raw)
             fresh = accumulate(np.full(len(r_step), g), r_step, r_t_ns, r_value, r_arrived)
             self._open = merge(self._open, fresh)
             metric.raw = []
             self._raw_gids.discard(g)
         if not self._staged:
             return
-        gid, step, rank, t_ns, value = _concat(self._staged)
+        gid, step, rank, t_ns, value = concat(self._staged)
         # One arrival time for the fold, its oldest batch's: a group may be forced out at most one
         # tick early, and the points need no column of their own.
         arrived = min(self._staged_at)
@@ -489,23 +490,3 @@ class StepFinality:
         if action is not None:
             self._counters["points_stored"] += len(action.value)
             out.append(action)
-
-
-def _combined(rows: Partials) -> Partials:
-    """Rows of possibly repeated groups (several relays' rows of a step) as one row per group, sorted."""
-    if len(rows) < 2:
-        return rows
-    half = len(rows) // 2
-    return merge(rows.select(np.arange(half)), rows.select(np.arange(half, len(rows))))
-
-
-def _concat(chunks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-    if len(chunks) == 1:
-        return chunks[0]
-    return tuple(np.concatenate(cols) for cols in zip(*chunks, strict=True))
-
-
-def _grown(array: np.ndarray, fill: int) -> np.ndarray:
-    grown = np.full(2 * len(array), fill, dtype=array.dtype)
-    grown[: len(array)] = array
-    return grown

@@ -2,34 +2,30 @@
 
 ``AggregatorService`` binds the ROUTER socket, creates the run's store, then loops: poll, decode,
 ``state.handle``, ``state.tick``, perform the actions (replies, store records, file bytes) until
-the state says ``Finish``. Two hosts run it: :class:`ThreadHost` (a thread of the host process) and
-:class:`ProcessHost` (a child process, ``python -m simvue_hpc.aggregator``), which keeps the
+the state says ``Finish``. Two hosts (:mod:`.hosts`) run it: ``ThreadHost`` (a thread of the host process) and
+``ProcessHost`` (a child process, ``python -m simvue_hpc.aggregator``), which keeps the
 aggregator's work off the host's GIL; benchmarks/README.md has the measurements behind the default.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import json
 import logging
 import os
-import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .. import transport
 from ..config import HPCSettings, ServerSettings
-from ..errors import ProtocolError, StoreError, StoreFull, TransportError
+from ..errors import ProtocolError, StoreError, StoreFull
+from ..procinfo import pid_alive, process_gone
 from ..protocol import GoodbyeAck, Reject, decode, encode
 from ..store import FileSink, RecordType, RunWriter
 from ..upload import LiveUpload
@@ -234,7 +230,7 @@ class AggregatorService:
         for identity, (pid, start_time, pid_ns) in live.items():
             gone = process_gone(pid, start_time, pid_ns)
             if gone is None:
-                if _pid_alive(pid):
+                if pid_alive(pid):
                     self._seen_alive.add(identity)
                     continue
                 gone = identity in self._seen_alive
@@ -339,35 +335,6 @@ def _disk_full(exc: BaseException | None) -> bool:
     return exc is not None and _disk_full(exc.__cause__)
 
 
-def process_gone(pid: int, start_time: int, pid_ns: int) -> bool | None:
-    """Whether the process a rank described (pid, start time in clock ticks since boot, pid namespace
-    inode) is gone: exited, a zombie, or its pid now another process's. None when this process cannot
-    tell: the rank did not say, or its pid namespace is not ours."""
-    if not start_time or not pid_ns:
-        return None
-    try:
-        if os.stat("/proc/self/ns/pid").st_ino != pid_ns:
-            return None
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may hold spaces and parentheses
-    return fields[0] in (b"Z", b"X") or int(fields[19]) != start_time
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_or_eof(fd: int) -> bool:
     try:
         return bool(os.read(fd, 4096))
@@ -376,136 +343,3 @@ def _read_or_eof(fd: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- hosts
-class ThreadHost:
-    """The aggregator as a thread of this process."""
-
-    def __init__(self, spec: AggregatorSpec, kind: str) -> None:
-        self._service = AggregatorService(spec)
-        self.endpoint = self._service.bind(kind)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="simvue_hpc-aggregator", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            self._service.run(stop=self._stop)
-        except Exception as exc:
-            log.exception("the simvue_hpc aggregator failed")
-            spec = self._service.spec  # the floor: the run is failed in the store, never left running
-            restart.record_lost(spec.root, spec.run_id, f"the aggregator thread failed: {exc!r}")
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def request_terminate(self, reason: str) -> None:
-        self._service.request_terminate(reason)
-
-    def record_event(self, message: str, level: str = "info") -> None:
-        self._service.record_event(message, level)
-
-    def request_close(self, status: str | None = None, reason: str = "") -> None:
-        self._service.request_close(status, reason)
-
-    @property
-    def uploaded(self) -> bool | None:
-        return self._service.uploaded
-
-    def wait(self, timeout: float) -> str | None:
-        """The final status once the run is over; None if still running after ``timeout``."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join(10)
-        return self._service.status
-
-
-class ProcessHost:
-    """The aggregator as a child process, fed its spec on stdin; stdin's end tells it we died."""
-
-    def __init__(self, spec: AggregatorSpec, kind: str, start_timeout: float) -> None:
-        self._spec, self._kind, self._start_timeout = spec, kind, start_timeout
-        self.endpoint: str = ""
-        self._proc, self._stdin = self._start(spec)
-        self.uploaded: bool | None = None
-        self._run_id = spec.run_id
-        self._root = spec.root
-        # A child that dies is replaced (aggregator_restarts times) on the same endpoint, with the same keys.
-        self._restarter = restart.Restarter(
-            lambda: self._proc, self._take_over, spec.settings.aggregator_restarts, spec.run_id
-        )
-
-    def _start(self, spec: AggregatorSpec) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-        env = dict(os.environ)
-        package_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", self._kind],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(spec.to_json().encode() + b"\n")
-        proc.stdin.flush()
-        answer = _read_line(proc.stdout, self._start_timeout)
-        if not answer or "endpoint" not in answer:
-            proc.kill()
-            proc.wait()
-            reason = answer.get("error") if answer else f"no answer within {self._start_timeout} s"
-            raise TransportError(f"the aggregator process did not start: {reason}")
-        self.endpoint = answer["endpoint"]
-        return proc, proc.stdin
-
-    def _take_over(self) -> None:
-        """Start a new aggregator for the run on the dead one's endpoint (called by the restarter)."""
-        self._proc, self._stdin = self._start(replace(self._spec, resume=True, endpoint=self.endpoint))
-
-    def alive(self) -> bool:
-        return self._proc.poll() is None or self._restarter.may_restart()
-
-    def wait(self, timeout: float) -> str | None:
-        """The final status once the child has exited; None if it had to be stopped."""
-        self._restarter.stop()  # from now on a child that dies is not replaced: the run is ending
-        assert self._proc.stdout is not None
-        with contextlib.suppress(OSError):
-            self._stdin.close()  # the host is done: the child closes once the other ranks have
-        answer = _read_line(self._proc.stdout, timeout)
-        if answer is None and self._proc.poll() is None:
-            log.warning("the aggregator did not finish within %.0f s; asking it to stop now", timeout)
-            self._proc.send_signal(signal.SIGUSR1)
-            answer = _read_line(self._proc.stdout, 10)
-        try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if self.endpoint.startswith("ipc://"):
-            transport.remove_ipc_file(self._run_id)  # left behind if the child was killed
-        if answer:
-            self.uploaded = answer.get("uploaded")
-            return answer.get("status")
-        return self._died(self._proc.returncode)
-
-    def _died(self, returncode: int | None) -> str | None:
-        """The child ended without saying how the run ended: it died. The run is marked failed in the
-        store with the reason (never left running); returns the status recorded (None if it could not be)."""
-        reason = f"the aggregator process died ({restart.exit_reason(returncode)}) and was not restarted"
-        log.error("run %s: %s", self._run_id, reason)
-        return restart.record_lost(self._root, self._run_id, reason)
-
-
-def _read_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
-    """One JSON line from a child's stdout within ``timeout``, or None."""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        return None
-    line = stream.readline()
-    if not line:
-        return None
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None

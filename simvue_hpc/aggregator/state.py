@@ -2,13 +2,11 @@
 
 ``AggregatorState.handle(identity, seq, message, now)`` and ``tick(now)`` return lists of actions
 (replies to ranks, records for the store, file bytes to write, and finally ``Finish``); the loop in
-``loop.py`` performs them. ``now`` is a monotonic clock in seconds for every timeout; record times
-come from the injected ``wall_ns`` clock. Nothing here sleeps, reads a socket or touches the disk,
-so the tests drive it with an injected clock.
+``loop.py`` performs them. ``now`` is a monotonic clock (seconds) for every timeout; record times come
+from the injected ``wall_ns`` clock. Nothing here sleeps, reads a socket or touches the disk.
 
-The state owns the ranks' lifecycle (hello, sequence numbers, goodbye, loss), the run's status and
-close, events and alerts; it hands metric points to :mod:`.finality` (when a step is final and what
-is stored), files to :mod:`.files` and resource reports to :mod:`.rollup`.
+The state owns the ranks' lifecycle (hello, sequence numbers, goodbye, loss), the run's status and close,
+events and alerts; it hands points to :mod:`.finality`, files to :mod:`.files`, resources to :mod:`.rollup`.
 """
 
 from __future__ import annotations
@@ -19,33 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import protocol as proto
 from ..alerts import AlertEvaluator, Transition
 from ..config import HPCSettings
-from ..protocol import (
-    Ack,
-    AlertDefinition,
-    AlertState,
-    Event,
-    FileChunk,
-    FileOffer,
-    FolderDetails,
-    Goodbye,
-    GoodbyeAck,
-    Heartbeat,
-    Hello,
-    Message,
-    MetricBatch,
-    Notice,
-    Reject,
-    Resources,
-    RunUpdate,
-    Status,
-    Welcome,
-)
 from ..records import RecordType
 from ..relay.wire import PartialBatch
 from .actions import Action, Append, AppendMetrics, Finish, Reply
 from .admission import Admission
+from .counters import COUNTERS
 from .files import FileTransfers
 from .finality import StepFinality
 from .peers import CLOSED, LIVE, LOST, Peer, Roster
@@ -56,19 +35,6 @@ from .rollup import LiveRanks, ResourceRollup
 log = logging.getLogger(__name__)
 
 LIVE_RANKS = "simvue_hpc/live_ranks"  # the aggregator's metric of how many ranks are live
-COUNTERS = (
-    "points_received",
-    "points_stored",
-    "late_points",
-    "events",
-    "messages_lost",
-    "dropped_points",
-    "protocol_errors",
-    "points_over_bounds",  # dropped past a bound: max_metrics, max_open_steps, the step range
-    "peers_refused",  # ranks refused past peer_margin / max_peers
-    "points_after_stop",  # arrived after the run stopped accepting data (a full disk)
-    "points_already_stored",  # resent after a restart, already in the store: dropped
-)
 
 _Handler = Callable[[Peer, Any, float, list[Action]], None]
 
@@ -111,30 +77,32 @@ class AggregatorState:
         self._live = LiveRanks(self._settings.heartbeat_interval, now)
         self._acks = AckTracker()
         self._stored: dict[str, int] = {}  # after a restart: stored name -> largest final step (resume)
-        self._handlers: dict[type[Message], _Handler] = {
-            MetricBatch: self._on_metrics,
+        self._handlers: dict[type[proto.Message], _Handler] = {
+            proto.MetricBatch: self._on_metrics,
             PartialBatch: self._on_partials,
-            Resources: lambda peer, msg, now, out: self._resources.observe(peer.identity, msg, now),
-            Event: self._on_event,
-            Heartbeat: self._on_heartbeat,
-            Goodbye: self._on_goodbye,
-            FileOffer: lambda peer, msg, now, out: self._files.offer(peer.identity, peer.rank, peer.host, msg, out),
-            FileChunk: lambda peer, msg, now, out: self._files.chunk(peer.identity, msg, out),
-            RunUpdate: self._on_run_update,
-            FolderDetails: lambda peer, msg, now, out: out.append(Append(RecordType.FOLDER, msg.body())),
-            AlertDefinition: self._on_alert_definition,
-            AlertState: self._on_alert_state,
-            Status: self._on_status,
+            proto.Resources: lambda peer, msg, now, out: self._resources.observe(peer.identity, msg, now),
+            proto.Event: self._on_event,
+            proto.Heartbeat: self._on_heartbeat,
+            proto.Goodbye: self._on_goodbye,
+            proto.FileOffer: lambda peer, msg, now, out: self._files.offer(
+                peer.identity, peer.rank, peer.host, msg, out
+            ),
+            proto.FileChunk: lambda peer, msg, now, out: self._files.chunk(peer.identity, msg, out),
+            proto.RunUpdate: self._on_run_update,
+            proto.FolderDetails: lambda peer, msg, now, out: out.append(Append(RecordType.FOLDER, msg.body())),
+            proto.AlertDefinition: self._on_alert_definition,
+            proto.AlertState: self._on_alert_state,
+            proto.Status: self._on_status,
         }
 
     # ------------------------------------------------------------------------------------------ input
-    def handle(self, identity: bytes, seq: int, msg: Message, now: float) -> list[Action]:
+    def handle(self, identity: bytes, seq: int, msg: proto.Message, now: float) -> list[Action]:
         """Apply one message from ``identity``."""
         out: list[Action] = []
         if self.finished:
-            out.append(Reply(identity, Reject("the run is closed")))
+            out.append(Reply(identity, proto.Reject("the run is closed")))
             return out
-        if isinstance(msg, Hello):
+        if isinstance(msg, proto.Hello):
             self._hello(identity, seq, msg, now, out)
             return out
         peer = self._roster.get(identity)
@@ -161,7 +129,7 @@ class AggregatorState:
         else:
             handler(peer, msg, now, out)
             self._notes(out)
-            self._acks.received(identity, seq, msg if isinstance(msg, MetricBatch) else None)
+            self._acks.received(identity, seq, msg if isinstance(msg, proto.MetricBatch) else None)
         return out
 
     def resume(self, stored_steps: Mapping[str, int], rank_states: Mapping[int, str], now: float) -> list[Action]:
@@ -179,7 +147,7 @@ class AggregatorState:
     def acks(self, now: float) -> list[Action]:
         """ACKs for the ranks that asked for them, once what they acknowledge is in the store (the loop
         calls this after each flush)."""
-        return [Reply(identity, Ack(seq)) for identity, seq in self._acks.due(now, self._steps.final_step)]
+        return [Reply(identity, proto.Ack(seq)) for identity, seq in self._acks.due(now, self._steps.final_step)]
 
     def protocol_error(self, identity: bytes, reason: str, now: float) -> list[Action]:
         """A message from ``identity`` could not be decoded or applied: counted and answered, never fatal;
@@ -188,7 +156,7 @@ class AggregatorState:
         peer = self._roster.get(identity)
         out: list[Action] = []
         if peer is None:
-            out.append(Reply(identity, Reject(reason)))
+            out.append(Reply(identity, proto.Reject(reason)))
         self._complain(identity, peer, f"undecodable message from {{}}: {reason}", now, out)
         return out
 
@@ -242,7 +210,7 @@ class AggregatorState:
         self.aborted = reason
         self._event(f"the run was aborted: {reason}", "warning", out)
         out += self.set_status("terminated", f"aborted: {reason}")
-        out.extend(Reply(peer.identity, Notice("abort", reason)) for peer in self._roster.live())
+        out.extend(Reply(peer.identity, proto.Notice("abort", reason)) for peer in self._roster.live())
         return out
 
     def stop(self, reason: str, now: float) -> list[Action]:
@@ -254,7 +222,7 @@ class AggregatorState:
         self.stopped = reason
         log.error("the run stopped accepting data: %s", reason)
         out = self.set_status("failed", reason)
-        out.extend(Reply(peer.identity, Notice("stopped", reason)) for peer in self._roster.live())
+        out.extend(Reply(peer.identity, proto.Notice("stopped", reason)) for peer in self._roster.live())
         self.begin_close(now)
         return out
 
@@ -321,7 +289,7 @@ class AggregatorState:
         return {p.rank: p.state for p in self._roster}
 
     # ------------------------------------------------------------------------------------------ messages
-    def _hello(self, identity: bytes, seq: int, msg: Hello, now: float, out: list[Action]) -> None:
+    def _hello(self, identity: bytes, seq: int, msg: proto.Hello, now: float, out: list[Action]) -> None:
         rank = self._admission.admit(identity, msg, out)
         self._notes(out)
         if rank is None:
@@ -338,15 +306,15 @@ class AggregatorState:
         if msg.resume:
             peer.received_points = msg.acked_points  # stored before the restart
         self._record_rank(peer, "joined", out, **({"resumed": True} if msg.resume else {}))
-        welcome = Welcome(rank, self.config.run_id, self.config.run_name, self._admission.flush_interval())
+        welcome = proto.Welcome(rank, self.config.run_id, self.config.run_name, self._admission.flush_interval())
         out.append(Reply(identity, welcome))
         if self.aborted is not None:
-            out.append(Reply(identity, Notice("abort", self.aborted)))
+            out.append(Reply(identity, proto.Notice("abort", self.aborted)))
         if self.stopped is not None:
-            out.append(Reply(identity, Notice("stopped", self.stopped)))
+            out.append(Reply(identity, proto.Notice("stopped", self.stopped)))
         self._live_changed(peer)
 
-    def _on_metrics(self, peer: Peer, batch: MetricBatch, now: float, out: list[Action]) -> None:
+    def _on_metrics(self, peer: Peer, batch: proto.MetricBatch, now: float, out: list[Action]) -> None:
         n = len(batch.value)
         peer.received_points += n
         self.counters["points_received"] += n
@@ -367,20 +335,20 @@ class AggregatorState:
         peer.received_points += n
         self.counters["points_received"] += n
 
-    def _on_event(self, peer: Peer, msg: Event, now: float, out: list[Action]) -> None:
+    def _on_event(self, peer: Peer, msg: proto.Event, now: float, out: list[Action]) -> None:
         self.counters["events"] += 1
         time_us = msg.time_ns // 1000
         self._alerts.observe_event(msg.message, time_us)
         payload = {"message": msg.message, "time_us": time_us, "rank": peer.rank, "host": peer.host}
         out.append(Append(RecordType.EVENT, {**payload, "level": msg.level}))
 
-    def _on_heartbeat(self, peer: Peer, msg: Heartbeat, now: float, out: list[Action]) -> None:
+    def _on_heartbeat(self, peer: Peer, msg: proto.Heartbeat, now: float, out: list[Action]) -> None:
         peer.sent_points = msg.sent_points
         peer.dropped_points = msg.dropped_points
 
-    def _on_goodbye(self, peer: Peer, msg: Goodbye, now: float, out: list[Action]) -> None:
+    def _on_goodbye(self, peer: Peer, msg: proto.Goodbye, now: float, out: list[Action]) -> None:
         if peer.state == CLOSED:  # a repeated goodbye: acknowledge again, count nothing twice
-            out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
+            out.append(Reply(peer.identity, proto.GoodbyeAck(peer.received_points)))
             return
         self._roster.set_state(peer, CLOSED)
         peer.sent_points = msg.sent_points
@@ -401,19 +369,19 @@ class AggregatorState:
             self._event(text, "warning", out)
         if msg.sent_points != peer.received_points:
             self._event(f"{who} sent {msg.sent_points} point(s), {peer.received_points} arrived", "warning", out)
-        out.append(Reply(peer.identity, GoodbyeAck(peer.received_points)))
+        out.append(Reply(peer.identity, proto.GoodbyeAck(peer.received_points)))
         self._files.forget(peer.identity, out)
         self._acks.forget(peer.identity)
         self._live_changed(peer)
         if self.config.host_rank is not None and peer.rank == self.config.host_rank:
             self.begin_close(now)
 
-    def _on_run_update(self, peer: Peer, msg: RunUpdate, now: float, out: list[Action]) -> None:
+    def _on_run_update(self, peer: Peer, msg: proto.RunUpdate, now: float, out: list[Action]) -> None:
         update = {k: v for k, v in msg.body().items() if v is not None}
         if update:
             out.append(Append(RecordType.RUN_UPDATE, update))
 
-    def _on_alert_definition(self, peer: Peer, msg: AlertDefinition, now: float, out: list[Action]) -> None:
+    def _on_alert_definition(self, peer: Peer, msg: proto.AlertDefinition, now: float, out: list[Action]) -> None:
         try:
             new = self._alerts.add(dict(msg.definition), self._wall_ns() // 1000)
         except ValueError as exc:
@@ -422,7 +390,7 @@ class AggregatorState:
             if new:  # every rank may define it: recorded, and registered with the server, once
                 out.append(Append(RecordType.ALERT, dict(msg.definition)))
 
-    def _on_alert_state(self, peer: Peer, msg: AlertState, now: float, out: list[Action]) -> None:
+    def _on_alert_state(self, peer: Peer, msg: proto.AlertState, now: float, out: list[Action]) -> None:
         try:
             transitions = self._alerts.set_user_state(msg.name, msg.state, self._wall_ns() // 1000)
         except ValueError as exc:
@@ -431,7 +399,7 @@ class AggregatorState:
             for transition in transitions:
                 self._transition(transition, out)
 
-    def _on_status(self, peer: Peer, msg: Status, now: float, out: list[Action]) -> None:
+    def _on_status(self, peer: Peer, msg: proto.Status, now: float, out: list[Action]) -> None:
         out += self.set_status(msg.status, msg.reason, rank=peer.rank, host=peer.host)
 
     # ------------------------------------------------------------------------------------------ helpers

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from simvue_hpc.aggregator.loop import AggregatorSpec, ThreadHost
+from simvue_hpc.aggregator.hosts import ThreadHost
+from simvue_hpc.aggregator.loop import AggregatorSpec
 from simvue_hpc.protocol import Goodbye, GoodbyeAck, Hello, MetricBatch, Notice, Welcome, decode, encode
 from simvue_hpc.store import new_run_id
 

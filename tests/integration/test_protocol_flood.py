@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import zmq
 
-from simvue_hpc.aggregator.loop import AggregatorSpec, ThreadHost
+from simvue_hpc.aggregator.hosts import ThreadHost
+from simvue_hpc.aggregator.loop import AggregatorSpec
 from simvue_hpc.protocol import Goodbye, GoodbyeAck, Hello, MetricBatch, Welcome, decode, encode
 from simvue_hpc.store import load_run, new_run_id
 from tests.helpers import wait_until

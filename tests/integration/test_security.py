@@ -59,9 +59,9 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> None:
     assert proc.returncode == 0 and out.strip() == "done", (proc.returncode, out)
 
 
-def _assert_honest(store: Path, steps: dict[str, int]) -> None:
+def _assert_honest(store: Path, steps: dict[str, int], statuses: tuple[str, ...] = ("completed",)) -> None:
     view = only_run(store)
-    assert view.status == "completed"
+    assert view.status in statuses
     for tag, n in steps.items():
         assert series(view, f"honest_{tag}") == {s: s * 0.25 for s in range(n)}, tag
 
@@ -249,14 +249,6 @@ def test_fuzz_from_unauthenticated_peers(host_run: Simvue, store: Path, honest_s
     _assert_honest(store, {"before": 200, "during0": 20_000, "during1": 20_000})
 
 
-@pytest.mark.xfail(
-    reason="bounds the aggregator lacks against a peer holding the credentials: a RESOURCES message whose gpus "
-    "entries are not [index, utilisation, memory] kills it at the next tick (aggregator/rollup.py); any rank's "
-    "STATUS ('failed', or any string) becomes the run's final status; HELLO ranks up to 2**62 and 2000-character "
-    "host names are accepted; sequence gaps and bad alert definitions log a WARNING each time (about 15,000 "
-    "lines for 100,000 messages)",
-    strict=False,
-)
 def test_fuzz_from_authenticated_peers(host_run: Simvue, store: Path, honest_script: Path) -> None:
     endpoint, secret = os.environ["SIMVUE_HPC_ENDPOINT"], os.environ["SIMVUE_HPC_SECRET"]
     agg = _aggregator()
@@ -264,7 +256,9 @@ def test_fuzz_from_authenticated_peers(host_run: Simvue, store: Path, honest_scr
     campaign = [[*HOSTILE, "authenticated", endpoint, secret, "50000", str(seed)] for seed in range(2)]
     _fuzz_beside_honest_ranks(agg, honest_script, campaign, "authenticated fuzz", "messages", settle=True)
     host_run.close()
-    _assert_honest(store, {"before": 200, "during0": 20_000, "during1": 20_000})
+    # A peer holding the credentials is a rank of the run: a STATUS "failed" from it may fail the run (as a
+    # rank's own failure should); any other status string is refused, and the honest ranks' data is exact.
+    _assert_honest(store, {"before": 200, "during0": 20_000, "during1": 20_000}, ("completed", "failed"))
 
 
 def test_ipc_socket_file_is_removed_when_the_aggregator_was_killed(

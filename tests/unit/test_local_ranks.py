@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from simvue_hpc.aggregator.loop import process_gone
+from simvue_hpc.procinfo import process_gone
 from tests.helpers import wait_until
 
 

@@ -19,8 +19,9 @@ import zmq
 from simvue_hpc import transport
 from simvue_hpc.config import HPCSettings
 from simvue_hpc.errors import AggregatorLost, ReporterDied, RunStopped
+from simvue_hpc.procinfo import process_identity
 from simvue_hpc.protocol import Goodbye, GoodbyeAck, Hello, Message, MetricBatch, Notice, Welcome, decode, encode
-from simvue_hpc.reporter import Reporter, process_identity
+from simvue_hpc.reporter import Reporter
 from tests.helpers import wait_until
 
 SECRET = "s3cret"
