@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing as mp
+import subprocess
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.context import ForkContext
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -115,3 +118,45 @@ def fork_pool_run(workers: int, name: str, **options: Any) -> tuple[ForkContext,
     run = Simvue(**options)
     run.init(name=name)
     return ctx, barrier, run
+
+
+# A rank (``python -c``) that attaches to the run in its environment and logs until the aggregator is
+# gone: it prints ``lost: <why>`` when the AggregatorLost comes, then ``closed`` once close() returned.
+RANK_UNTIL_LOST = """
+import simvue_hpc
+from simvue_hpc.errors import AggregatorLost
+run = simvue_hpc.attach(close_timeout=600)
+step = 0
+try:
+    while True:
+        run.log({"v": float(step)}, step=step)
+        step += 1
+except AggregatorLost as exc:
+    print("lost:", exc, flush=True)
+run.close()
+print("closed", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def rank_until_lost() -> Iterator[subprocess.Popen[str]]:
+    """Run RANK_UNTIL_LOST beside the test's own rank; on leaving, it must have seen AggregatorLost and
+    closed by itself (its close_timeout is 600 s: ending at all shows nobody waited). Killed if left over."""
+    proc = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_LOST], stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc
+        out, _ = proc.communicate(timeout=120)
+        assert "lost: " in out and out.rstrip().endswith("closed"), out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_every_step_once(view: RunView, name: str, steps: int, expected: np.ndarray) -> None:
+    """Metric ``name`` holds steps 0..steps-1 exactly once each, none late, with the ``expected`` values."""
+    series = view.metrics[name]
+    order = np.argsort(series.step, kind="stable")
+    assert series.late == 0, f"{name}: late points"
+    np.testing.assert_array_equal(series.step[order], np.arange(steps), err_msg=name)
+    np.testing.assert_array_equal(series.value[order], expected, err_msg=name)

@@ -22,24 +22,7 @@ import pytest
 
 from simvue_hpc import Simvue
 from simvue_hpc.errors import AggregatorLost
-from tests.helpers import only_run, wait_until
-
-RANK_UNTIL_LOST = textwrap.dedent(
-    """
-    import simvue_hpc
-    from simvue_hpc.errors import AggregatorLost
-    run = simvue_hpc.attach(close_timeout=600)
-    step = 0
-    try:
-        while True:
-            run.log({"v": float(step)}, step=step)
-            step += 1
-    except AggregatorLost as exc:
-        print("lost:", exc, flush=True)
-    run.close()
-    print("closed", flush=True)
-    """
-)
+from tests.helpers import assert_every_step_once, only_run, rank_until_lost, wait_until
 
 
 def aggregator_pid() -> int:
@@ -58,8 +41,7 @@ def test_a_killed_aggregator_not_restarted_fails_the_run_with_the_reason(
     monkeypatch.setenv("SIMVUE_HPC_AGGREGATOR_RESTARTS", "0")  # every rank knows no restart will come
     run = Simvue(close_timeout=600)
     run.init(name="killed-not-restarted")
-    other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_LOST], stdout=subprocess.PIPE, text=True)
-    try:
+    with rank_until_lost():
         run.log({"v": 0.0})
         wait_until(lambda: len(only_run(store).ranks) == 2, 60, what="the other rank to join")
         os.kill(aggregator_pid(), signal.SIGKILL)
@@ -67,12 +49,6 @@ def test_a_killed_aggregator_not_restarted_fails_the_run_with_the_reason(
             for step in range(1, 100_000):
                 run.log({"v": float(step)})
                 time.sleep(0.001)
-        out, _ = other.communicate(timeout=120)  # close_timeout is 600 s: ending at all shows nobody waited
-        assert "lost: " in out and out.rstrip().endswith("closed"), out
-    finally:
-        if other.poll() is None:
-            other.kill()
-            other.wait()
     with caplog.at_level(logging.WARNING):
         run.close()
     assert run.status == "failed"
@@ -135,11 +111,7 @@ def test_a_killed_aggregator_is_restarted_and_the_run_keeps_every_point_once(
     assert view.status == "completed", view.events
     steps = np.arange(STEPS)
     for name, expected in (("x", 4.0 * steps), ("x.count", np.full(STEPS, 4.0))):
-        series = view.metrics[name]
-        order = np.argsort(series.step, kind="stable")
-        assert series.late == 0
-        np.testing.assert_array_equal(series.step[order], steps)  # every step once
-        np.testing.assert_array_equal(series.value[order], expected)  # reduced over all four ranks
+        assert_every_step_once(view, name, STEPS, expected)
     per_rank = sorted(n for n in view.metrics if n.startswith("y/rank_"))
     assert len(per_rank) == 4
     for name in per_rank:
@@ -184,11 +156,7 @@ def test_a_killed_aggregator_is_restarted_under_mpiexec(store: Path, tmp_path: P
     assert view.status == "completed", view.events
     steps = np.arange(STEPS)
     for name, expected in (("x", 10.0 * steps), ("x.count", np.full(STEPS, 4.0))):
-        series = view.metrics[name]
-        order = np.argsort(series.step, kind="stable")
-        assert series.late == 0
-        np.testing.assert_array_equal(series.step[order], steps)
-        np.testing.assert_array_equal(series.value[order], expected)
+        assert_every_step_once(view, name, STEPS, expected)
     assert any(e["message"].startswith("the aggregator restarted") for e in view.events)
     assert sorted(view.ranks) == [0, 1, 2, 3] and all(r["state"] == "closed" for r in view.ranks.values())
 

@@ -16,7 +16,7 @@ import pytest
 from simvue_hpc import RunAborted, Simvue
 from simvue_hpc.errors import RunStopped
 from simvue_hpc.store import list_runs, load_run
-from tests.helpers import fork_pool_run, only_run, wait_until
+from tests.helpers import fork_pool_run, only_run, rank_until_lost, wait_until
 
 pytest_plugins = ["tests.server.fixtures"]
 
@@ -203,25 +203,6 @@ def test_rank_killed_with_sigkill_under_mpiexec(store: Path, tmp_path: Path) -> 
     assert len(view.metrics["x"].value) > 0
 
 
-RANK_UNTIL_STOPPED = textwrap.dedent(
-    """
-    import sys
-    import simvue_hpc
-    from simvue_hpc.errors import AggregatorLost
-    run = simvue_hpc.attach(close_timeout=600)
-    step = 0
-    try:
-        while True:
-            run.log({"v": float(step)}, step=step)
-            step += 1
-    except AggregatorLost as exc:
-        print("lost:", exc, flush=True)
-    run.close()
-    print("closed", flush=True)
-    """
-)
-
-
 def _aggregator_pids() -> set[int]:
     """This process's aggregator children that still run (earlier tests may leave zombies)."""
     import psutil
@@ -248,22 +229,17 @@ def test_a_dead_or_stopped_aggregator_is_an_error_on_every_rank_and_nobody_waits
     before = _aggregator_pids()
     run = Simvue(close_timeout=600)
     run.init(name="lost-aggregator")
-    other = subprocess.Popen([sys.executable, "-c", RANK_UNTIL_STOPPED], stdout=subprocess.PIPE, text=True)
     (aggregator,) = _aggregator_pids() - before
     try:
-        run.log({"v": 0.0})
-        wait_until(lambda: len(only_run(store).ranks) == 2, 60, what="the other rank to join")
-        os.kill(aggregator, how)
-        with pytest.raises(RunStopped):  # AggregatorLost, once; the calls before it are buffered
-            for step in range(1, 20_000):
-                run.log({"v": float(step)})
-                time.sleep(0.001)
-        assert run.log({"v": -1.0}) is False  # later calls drop
-        out, _ = other.communicate(timeout=120)  # close_timeout is 600 s: ending at all shows nobody waited
-        assert "lost: " in out and out.rstrip().endswith("closed"), out
+        with rank_until_lost():
+            run.log({"v": 0.0})
+            wait_until(lambda: len(only_run(store).ranks) == 2, 60, what="the other rank to join")
+            os.kill(aggregator, how)
+            with pytest.raises(RunStopped):  # AggregatorLost, once; the calls before it are buffered
+                for step in range(1, 20_000):
+                    run.log({"v": float(step)})
+                    time.sleep(0.001)
+            assert run.log({"v": -1.0}) is False  # later calls drop
     finally:
-        if other.poll() is None:
-            other.kill()
-            other.wait()
         os.kill(aggregator, signal.SIGKILL)
     run.close()  # returns: the error was raised already
