@@ -1,6 +1,6 @@
 """Request-body validation producing FastAPI-style 422 details.
 
-The rules follow /work/shared/simvue-server-api.md (the regexes are those of the official client
+The rules follow docs/server-api.md (the regexes are those of the official client
 `simvue.models`). Every `validate_*` function returns a normalised copy of the body or raises
 `ValidationFailed` with all problems found.
 """
