@@ -88,8 +88,9 @@ def check_ranks_run(store: Path, proc: subprocess.CompletedProcess[str], n: int)
         assert f"rank {r} says hello" in proc.stdout and f"rank {r} warns" in proc.stderr
     (out,) = events(view, "stdout of the command")
     (err,) = events(view, "stderr of the command")
-    assert sorted(out["message"].splitlines()[1:]) == [f"rank {r} says hello" for r in range(n)]
-    assert sorted(err["message"].splitlines()[1:]) == [f"rank {r} warns" for r in range(n)]
+    # each rank's line is in the tail; mpiexec may forward two ranks' lines as one chunk, unsplit
+    assert all(f"rank {r} says hello" in out["message"] for r in range(n)), out["message"]
+    assert all(f"rank {r} warns" in err["message"] for r in range(n)), err["message"]
     assert out["rank"] is None and out["level"] == "info"
     return view
 
