@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import transport
+from . import threads, transport
 from ._version import __version__
 from .config import HPCSettings
 from .errors import (
@@ -171,8 +171,7 @@ class Reporter:
             # Made here, not in the I/O thread: an import in a thread racing a fork (pool workers)
             # leaves the child's import lock held by a thread that does not exist there.
             sampler = ResourceSampler(self.run_id)
-        self._thread = threading.Thread(target=self._run, args=(sampler,), name="simvue_hpc-io", daemon=True)
-        self._thread.start()
+        self._thread = threads.start(self._run, "simvue_hpc-io", (sampler,))
         return reply
 
     def _await_welcome(self) -> Welcome:

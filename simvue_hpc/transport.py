@@ -39,6 +39,7 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
+from . import threads
 from .errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,7 @@ class _ZapHandler:
         except zmq.ZMQError as exc:
             self._sock.close(0)
             raise TransportError(f"cannot start the authentication handler: {exc}") from None
-        self._thread = threading.Thread(target=self._serve, name="simvue_hpc-zap", daemon=True)
-        self._thread.start()
+        self._thread = threads.start(self._serve, "simvue_hpc-zap")
 
     def _serve(self) -> None:
         try:

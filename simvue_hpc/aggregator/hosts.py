@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from .. import transport
+from .. import threads, transport
 from ..errors import TransportError
 from . import restart
 from .loop import AggregatorService, AggregatorSpec
@@ -31,8 +31,7 @@ class ThreadHost:
         self._service = AggregatorService(spec)
         self.endpoint = self._service.bind(kind)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="simvue_hpc-aggregator", daemon=True)
-        self._thread.start()
+        self._thread = threads.start(self._main, "simvue_hpc-aggregator")
 
     def _main(self) -> None:
         try:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import threads
 from ..errors import StoreError
 from ..records import RecordType
 from ..store import RunWriter, read_records
@@ -116,9 +117,8 @@ class Restarter:
         self._lock = threading.Lock()
         self._stopped = False
         self.restarted = 0
-        self._thread = threading.Thread(target=self._watch, name="simvue_hpc-aggregator-watch", daemon=True)
         if restarts > 0:
-            self._thread.start()
+            threads.start(self._watch, "simvue_hpc-aggregator-watch")
 
     def may_restart(self) -> bool:
         """Whether a dead child would still be replaced (not one that ended the run: exit status 0)."""

@@ -6,6 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
+from .. import threads
 from ..config import ServerSettings
 from ..errors import ServerError, ServerUnavailable, StoreError, ValidationError
 from ..server import RetryPolicy, SimvueClient
@@ -28,8 +29,7 @@ class LiveUpload:
         self._lock_cm = upload_lock(self._run_dir, role="the live upload of its aggregator")
         self._lock_cm.__enter__()
         self._uploader = Uploader(self._run_dir, SimvueClient(settings, policy=self.LIVE_POLICY), settings, live=True)
-        self._thread = threading.Thread(target=self._main, name="simvue_hpc-upload", daemon=True)
-        self._thread.start()
+        self._thread = threads.start(self._main, "simvue_hpc-upload")
 
     @property
     def abort_requested(self) -> bool:

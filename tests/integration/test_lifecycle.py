@@ -158,6 +158,48 @@ def test_sigterm_marks_the_run_terminated_and_keeps_every_point(store: Path, tmp
     assert len(view.metrics["x"].value) == rank["received_points"]
 
 
+STUCK_LOGGER = textwrap.dedent(
+    """
+    import ctypes
+    from simvue_hpc import Simvue
+    run = Simvue()
+    run.init(name="stuck")
+    for step in range(500):
+        run.log({"x": float(step)})
+    print("ready", flush=True)
+    # The main thread now waits in C for what never comes, as a code blocked in a library call does:
+    # a pthread mutex locked twice. A signal does not interrupt that wait, so no Python handler runs.
+    mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on Linux
+    libc = ctypes.CDLL(None)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+    """
+)
+
+
+def test_sigterm_ends_a_rank_whose_main_thread_is_stuck_in_c(store: Path, tmp_path: Path) -> None:
+    """SIGTERM reaches the process, but its main thread never comes back to run the handler (a blocking
+    C call, or the signal landing just before a wait, as a pool worker's queue lock under
+    ``Pool.terminate``): the process still ends, as SIGTERM's default action would, with its points
+    flushed, its goodbye said and the run marked terminated."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_LOGGER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    view = only_run(store)
+    assert view.status == "terminated"
+    (rank,) = view.ranks.values()
+    assert rank["state"] == "closed" and rank["sent_points"] == rank["received_points"] == 500
+    assert view.metrics["x"].value.tolist() == [float(s) for s in range(500)]
+
+
 MPI_LOGGER = textwrap.dedent(
     """
     import os, sys, time

@@ -1,0 +1,29 @@
+"""simvue_hpc's threads leave process-directed signals to the main thread."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from simvue_hpc import threads
+
+
+def test_a_thread_of_ours_blocks_the_asynchronous_signals_and_its_creator_keeps_its_mask() -> None:
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    seen: list[set[signal.Signals]] = []
+    thread = threads.start(lambda: seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, set())), "probe")
+    thread.join(10)
+    assert thread.daemon and thread.name == "probe"
+    (mask,) = seen
+    assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGALRM} <= mask
+    assert not mask & {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+
+
+def test_a_plain_thread_would_not_block_them() -> None:
+    """What the test above guards against: Python's threads take every signal the kernel hands them."""
+    seen: list[set[signal.Signals]] = []
+    thread = threading.Thread(target=lambda: seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, set())))
+    thread.start()
+    thread.join(10)
+    assert signal.SIGTERM not in seen[0]
