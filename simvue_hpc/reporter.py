@@ -143,10 +143,6 @@ class Reporter:
     def sent_points(self) -> int:
         return self.outbox.sent_points
 
-    @property
-    def dropped_points(self) -> int:
-        return self.outbox.dropped_points
-
     # ------------------------------------------------------------------------------------------ start
     def start(self) -> Welcome:
         """Handshake with the aggregator, then start the I/O thread."""
@@ -330,10 +326,12 @@ class Reporter:
                 changes = transport.connection_changes(monitor)
                 for connected in changes:
                     lost_since = None if connected else (lost_since or time.monotonic())
-                if changes and not changes[-1] and self._resend is not None:
+                # First what the link brought before it dropped (a goodbye's acknowledgement), then a new
+                # link: the aggregator may have been restarted.
+                if changes and not changes[-1] and self._resend is not None and not self._receive():
                     poller.unregister(self._sock)
                     poller.unregister(monitor)
-                    self._relink()  # the aggregator may have been restarted: resume on a new link
+                    self._relink()
                     monitor = self._monitor
                     poller.register(self._sock, transport.POLLIN)
                     poller.register(monitor, transport.POLLIN)
@@ -441,7 +439,8 @@ class Reporter:
         if freed:
             self.outbox.sent(freed)
 
-    def _receive(self) -> None:
+    def _receive(self) -> bool:
+        """Take every message waiting; True once the goodbye is acknowledged."""
         while (frames := transport.recv(self._sock)) is not None:
             try:
                 _, message = decode(frames)
@@ -470,6 +469,7 @@ class Reporter:
                 self._abort(message.message)
             elif isinstance(message, Notice):
                 log.warning("rank %d: aggregator notice (%s): %s", self.rank, message.kind, message.message)
+        return self.acknowledged
 
     def _abort(self, reason: str) -> None:
         """The run was aborted: the next ``log`` raises RunAborted in the calling thread, or, with

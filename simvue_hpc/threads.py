@@ -8,9 +8,10 @@ leaves the user's main thread as their only target, as libzmq does for its own t
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Signals raised by a fault in the thread itself stay deliverable to it.
@@ -28,3 +29,14 @@ def start(target: Callable[..., Any], name: str, args: tuple[Any, ...] = ()) -> 
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return thread
+
+
+@contextlib.contextmanager
+def unmasked() -> Iterator[None]:
+    """Around starting a process from one of these threads: a child inherits its creator's signal
+    mask, even across exec, and would otherwise never receive SIGTERM."""
+    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

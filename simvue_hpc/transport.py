@@ -369,6 +369,12 @@ def connection_changes(monitor: zmq.Socket[Any]) -> list[bool]:
         changes.append(event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
+# How long a closing aggregator or relay lets its last replies (the goodbye acknowledgements) leave:
+# on a loaded machine 200 ms was not always enough, and the rank then never heard that it was done.
+# A peer that is gone costs at most this much at close.
+FINAL_LINGER_MS = 2000
+
+
 def close(sock: zmq.Socket[Any] | None, linger_ms: int = 0) -> None:
     """Close a socket without ever waiting longer than ``linger_ms``; stop its authentication handler
     and remove its ipc socket file."""

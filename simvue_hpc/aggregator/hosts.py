@@ -85,14 +85,15 @@ class ProcessHost:
         env = dict(os.environ)
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", self._kind],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+        with threads.unmasked():  # a restart starts it from the watching thread
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "simvue_hpc.aggregator", "--transport", self._kind],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(spec.to_json().encode() + b"\n")
         proc.stdin.flush()

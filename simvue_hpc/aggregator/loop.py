@@ -214,7 +214,7 @@ class AggregatorService:
                 if not _disk_full(exc):
                     raise
                 log.error("the run's last records could not be written: %s", exc)
-            transport.close(self._sock, linger_ms=200)
+            transport.close(self._sock, linger_ms=transport.FINAL_LINGER_MS)
             self._ctx.term()
             if self._upload is not None:
                 timeout = self.spec.server.upload_timeout if self.spec.server else 0.0

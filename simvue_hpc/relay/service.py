@@ -156,7 +156,7 @@ class RelayService:
                 frames = transport.recv(self.up)
                 if frames is not None:
                     acked = isinstance(decode(frames)[1], GoodbyeAck)
-        transport.close(self.down, linger_ms=200)
+        transport.close(self.down, linger_ms=transport.FINAL_LINGER_MS)
         transport.close(self.up, linger_ms=1000)
         self.ctx.term()
         path = self.endpoint[len("ipc://") :]

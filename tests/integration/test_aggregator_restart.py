@@ -8,6 +8,7 @@ store with the reason and every rank's next call raises AggregatorLost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +31,25 @@ def aggregator_pid() -> int:
 
     (child,) = [p for p in psutil.Process().children() if "simvue_hpc.aggregator" in " ".join(p.cmdline())]
     return int(child.pid)
+
+
+def live_aggregators() -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):  # one killed and not yet reaped
+            if p.status() != psutil.STATUS_ZOMBIE and "simvue_hpc.aggregator" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+    return pids
+
+
+def blocked_signals(pid: int) -> int:
+    """The signal mask of ``pid``'s main thread (``SigBlk`` in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk for {pid}")
 
 
 def test_a_killed_aggregator_not_restarted_fails_the_run_with_the_reason(
@@ -98,6 +118,10 @@ def test_a_killed_aggregator_is_restarted_and_the_run_keeps_every_point_once(
                 wait_until(lambda: len(only_run(store).ranks) >= 4, 60, what="the ranks to be known")
                 os.kill(aggregator_pid(), signal.SIGKILL)
                 time.sleep(0.5)  # the host has started the next one before the next kill
+        # The new one was started from the host's watching thread, whose signals are blocked: it must
+        # not inherit that mask (it could not be terminated).
+        wait_until(lambda: len(live_aggregators()) == 1, 60, what="the restarted aggregator")
+        assert blocked_signals(live_aggregators()[0]) == 0
         outs = [p.communicate(timeout=120)[0] for p in ranks]
     finally:
         for p in ranks:

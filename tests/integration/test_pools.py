@@ -258,6 +258,11 @@ def test_documented_pool_idioms_keep_every_point(store: Path, method: str, kind:
     view = only_run(store)
     assert view.status == "completed" and proc.stdout.strip() == "completed"
     tasks = 2 * WORKERS
-    assert_store_matches(view, expected([(f"task{t}", s, value(t, s)) for s in range(STEPS)] for t in range(tasks)))
+    try:
+        assert_store_matches(view, expected([(f"task{t}", s, value(t, s)) for s in range(STEPS)] for t in range(tasks)))
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nranks: {view.ranks}\nevents: {view.events}\nstderr: {proc.stderr[-3000:]}"
+        ) from None
     lost = {r: v for r, v in view.ranks.items() if v["state"] != "closed"}
     assert not lost, (lost, proc.stderr[-3000:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 
 from simvue_hpc import threads
@@ -27,3 +28,19 @@ def test_a_plain_thread_would_not_block_them() -> None:
     thread.start()
     thread.join(10)
     assert signal.SIGTERM not in seen[0]
+
+
+def test_a_process_started_from_a_thread_of_ours_gets_signals() -> None:
+    """A child inherits its creator's mask across exec: ``unmasked`` around the start."""
+
+    def start(out: list[str]) -> None:
+        with threads.unmasked():
+            proc = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True, text=True, check=True)
+        out.append(proc.stdout.split()[1])
+        proc = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True, text=True, check=True)
+        out.append(proc.stdout.split()[1])
+
+    seen: list[str] = []
+    threads.start(start, "starter", (seen,)).join(30)
+    assert int(seen[0], 16) == 0
+    assert int(seen[1], 16) & (1 << (signal.SIGTERM - 1)), "without it, the child could not be terminated"
