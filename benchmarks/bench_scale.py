@@ -9,7 +9,7 @@ simulated node, ``benchmarks/scale_job.sh``, and ``SIMVUE_HPC_HIERARCHY=node``),
 ``--metrics`` values per step with ``svh_log_many`` at ``--hz`` for ``--seconds``, then
 ``svh_close``. Every value is a known function of (rank, metric, step), exact in binary, so each
 stored reduction is checked against the inputs: count, sum, min and max bit for bit, mean and std
-to 1e-12 relative. Printed: processes acknowledged (close returned OK), connect p50/max, close
+to 1e-12 relative. Printed: processes acknowledged (connected, and close returned OK), connect p50/max, close
 max, wall time, the sidecar's CPU share over the job (100 % = one core: it hosts the aggregator)
 and peak RSS (VmHWM), stored (metric, step) records and late ones, exactness.
 
@@ -264,7 +264,7 @@ def part1(args: argparse.Namespace) -> int:
                 steps = round(args.seconds * args.hz)
                 check = check_store(tmp / "store", procs, steps, args.metrics)
             rows = r["rows"]
-            acked = sum(1 for x in rows if x["close_rc"] == "0" and x["done"] == "1")
+            acked = sum(1 for x in rows if x["connect_rc"] == "0" and x["close_rc"] == "0" and x["done"] == "1")
             connect = sorted(float(x["connect_s"]) for x in rows)
             close = [float(x["close_s"]) for x in rows]
             started = [float(x["start_s"]) + float(x["connect_s"]) for x in rows]  # after the first fork

@@ -17,6 +17,7 @@
 #define _DEFAULT_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,7 +66,32 @@ static double value(long rank, long metric, long step) {
 }
 
 static double t_first_fork;
-static volatile long *connected; /* shared: how many children have connected (the "MPI_Init" barrier) */
+/* The "MPI_Init" barrier, shared by the children: how many have connected (or failed to), and a
+ * process-shared condition they sleep on. Polling it instead (4,096 ranks x 100 wake-ups a second)
+ * starved this machine's two cores, and with them the aggregator's handshakes. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t all_in;
+    long connected;
+} barrier;
+static barrier *gate;
+
+static void arrive(long procs) {
+    pthread_mutex_lock(&gate->lock);
+    if (++gate->connected >= procs) pthread_cond_broadcast(&gate->all_in);
+    pthread_mutex_unlock(&gate->lock);
+}
+
+/* Wait (at most 300 s) until every rank has arrived. */
+static void wait_all(long procs) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 300;
+    pthread_mutex_lock(&gate->lock);
+    while (gate->connected < procs)
+        if (pthread_cond_timedwait(&gate->all_in, &gate->lock, &until) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&gate->lock);
+}
 
 static int child(long rank, long procs, long nodes, double seconds, double hz, int metrics, result *out) {
     out->start_s = now_s() - t_first_fork;
@@ -95,18 +121,14 @@ static int child(long rank, long procs, long nodes, double seconds, double hz, i
     svh_client *h = svh_connect_env_ex(-1, reductions, NULL);
     out->connect_s = now_s() - t0;
     if (!h) {
-        __atomic_add_fetch(connected, 1, __ATOMIC_SEQ_CST);
+        arrive(procs);
         out->connect_rc = svh_last_error_code();
         fprintf(stderr, "rank %ld: connect failed: %s\n", rank, svh_last_error());
         return 1;
     }
-    /* as an MPI code's ranks leave MPI_Init together: wait (at most 300 s) until every rank is connected */
-    __atomic_add_fetch(connected, 1, __ATOMIC_SEQ_CST);
-    double wait_until = now_s() + 300;
-    while (__atomic_load_n(connected, __ATOMIC_SEQ_CST) < procs && now_s() < wait_until) {
-        struct timespec ts = {0, 10000000L};
-        nanosleep(&ts, NULL);
-    }
+    /* as an MPI code's ranks leave MPI_Init together: wait until every rank is connected */
+    arrive(procs);
+    wait_all(procs);
     long steps = (long)(seconds * hz + 0.5);
     double start = now_s();
     for (long s = 0; s < steps; ++s) {
@@ -156,12 +178,20 @@ int main(int argc, char **argv) {
         return 1;
     }
     memset(res, 0, sizeof(result) * (size_t)procs);
-    connected = mmap(NULL, sizeof(long), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (connected == MAP_FAILED) {
+    gate = mmap(NULL, sizeof *gate, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (gate == MAP_FAILED) {
         perror("mmap");
         return 1;
     }
-    *connected = 0;
+    pthread_mutexattr_t ma;
+    pthread_condattr_t ca;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED);
+    pthread_mutex_init(&gate->lock, &ma);
+    pthread_cond_init(&gate->all_in, &ca);
+    gate->connected = 0;
     pid_t *pids = calloc((size_t)procs, sizeof *pids);
     t_first_fork = now_s();
     for (long r = 0; r < procs; ++r) {
