@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,8 @@ class Simvue(OfficialAlerts):
         self._marks_termination = True  # a SIGTERM to this process means the job is being stopped
         self._forked = False
         self._closed = False
+        self._close_done = threading.Event()  # set once a close has ended, in whichever thread
+        self._closer = 0  # the thread that closes
         self._alerts: dict[str, dict[str, Any]] = {}  # the alerts this process defined, by name
         self.status: str | None = None
         self.uploaded: bool | None = None  # on the host, once closed: None when no server is configured
@@ -284,14 +287,20 @@ class Simvue(OfficialAlerts):
     # ------------------------------------------------------------------------------------------ close
     def close(self) -> bool:
         """Flush and leave the run; on the host, wait for the other ranks (bounded) and end it."""
+        if self._closed and self._reporter is not None and self._closer != threading.get_ident():
+            # Closing in another thread (a SIGTERM the main thread slept through): this process must not
+            # end, by this thread's return, before that close has delivered everything.
+            self._close_done.wait(self._settings.close_timeout + self._upload_timeout + 15)
         if self._closed or self._reporter is None:
             return False
         self._closed = True
+        self._closer = threading.get_ident()
         hooks.closing += 1
         try:
             return self._close(self._reporter)
         finally:
             hooks.closing -= 1
+            self._close_done.set()
 
     def _close(self, reporter: Reporter) -> bool:
         if hooks.signalled is not None and self._marks_termination and not self._status_sent:
@@ -367,6 +376,7 @@ class Simvue(OfficialAlerts):
         self._relay = None
         self._forked = not self._closed
         self._closed = False
+        self._close_done = threading.Event()
 
     def _attach_after_fork(self) -> Reporter:
         if not self._forked:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,33 @@ def _wait_for_end(store: Path, timeout: float) -> Any:
 
 
 @pytest.mark.mpi
+def test_a_close_in_another_thread_is_waited_for(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIGTERM backstop closes the run from its own thread; if the main thread then wakes and its
+    exit handlers close too, their close must not return (and the process end) before the first one
+    has delivered everything."""
+    run = Simvue(aggregator="thread")
+    run.init(name="two-closers")
+    for step in range(1000):
+        run.log({"x": float(step)}, step=step)
+    reporter = run._reporter
+    assert reporter is not None
+    slow_close = reporter.close
+
+    def close_slowly(timeout: float | None = None) -> bool:
+        time.sleep(0.5)  # the first close is still delivering when the second one comes
+        return slow_close(timeout)
+
+    monkeypatch.setattr(reporter, "close", close_slowly)
+    first = threading.Thread(target=run.close)
+    first.start()
+    wait_until(lambda: run._closed, 10, what="the first close to begin")
+    assert run.close() is False  # the second close does nothing itself ...
+    assert run.status == "completed"  # ... but returns only once the first has ended the run
+    first.join(10)
+    view = only_run(store)
+    assert view.status == "completed" and len(view.metrics["x"].value) == 1000
+
+
 def test_rank_killed_with_sigkill_under_mpiexec(store: Path, tmp_path: Path) -> None:
     mpiexec = Path(sys.executable).parent / "mpiexec"
     script = tmp_path / "mpi_logger.py"
