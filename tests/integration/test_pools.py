@@ -166,8 +166,11 @@ def test_worker_killed_with_sigkill_is_recorded_lost(store: Path, monkeypatch: p
     assert len(view.metrics["k"].step) == 101  # what the killed rank sent before dying is kept
 
 
-def _burst_and_exit(n: int) -> None:
+def _burst_and_exit(n: int, barrier: Any) -> None:
     run = simvue_hpc.attach()
+    # All joined before anyone logs: a pool has no world size, so a worker that joins more than
+    # JOIN_GRACE after a metric appeared (a slow spawn on a loaded machine) adds late records instead.
+    barrier.wait(timeout=120)
     for i in range(n):
         run.log({"p": float(i)}, step=i)
     run.close()
@@ -180,7 +183,8 @@ def test_nothing_lost_when_workers_exit_right_after_close(store: Path, transport
     ctx = mp.get_context("spawn")
     with Simvue(transport=transport, reductions={"p": ["mean", "count"]}) as run:
         run.init(name=f"burst-{transport}")
-        children = [ctx.Process(target=_burst_and_exit, args=(n,)) for _ in range(procs)]
+        barrier = ctx.Barrier(procs)
+        children = [ctx.Process(target=_burst_and_exit, args=(n, barrier)) for _ in range(procs)]
         for c in children:
             c.start()
         for c in children:
