@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python}"
 status=0
 start=$(date +%s)
-for bench in bench_import bench_log_call bench_ingest bench_backlog bench_end_to_end bench_host_slowdown bench_upload bench_show bench_view bench_scale bench_relay_sim bench_transport; do
+for bench in bench_import bench_log_call bench_ingest bench_backlog bench_end_to_end bench_host_slowdown bench_upload bench_show bench_view bench_scale bench_relay_sim bench_transport bench_pool_close; do
     t0=$(date +%s)
     if "$py" "$here/$bench.py" --quick "$@"; then
         echo "-- $bench: ok ($(( $(date +%s) - t0 )) s)"
