@@ -78,19 +78,27 @@ def one(method: str, kind: str, tmp: Path) -> tuple[float, bool]:
     (view,) = list_runs(Path(env["SIMVUE_OFFLINE_DIRECTORY"]))
     points = sum(len(view.metrics[f"task{t}"].value) for t in range(TASKS) if f"task{t}" in view.metrics)
     closed = all(r["state"] == "closed" for r in view.ranks.values())
-    return float(seconds), status == "completed" and closed and points == TASKS * STEPS
+    ok = status == "completed" and closed and points == TASKS * STEPS
+    if not ok:
+        states = {rank: (r["state"], r.get("received_points")) for rank, r in view.ranks.items()}
+        print(f"   {kind} / {method}: {status}, {points} of {TASKS * STEPS} points, ranks {states}")
+        print("   " + proc.stderr[-1500:].replace("\n", "\n   "))
+    return float(seconds), ok
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="CI smoke: 2 repetitions per case")
+    ap.add_argument("--only", help="one case, e.g. pool/forkserver")
     args = ap.parse_args()
     reps = 2 if args.quick else args.reps
     C.header("bench_pool_close: the documented pool idioms, from map's return to close's")
     rows, bad = [], 0
     for kind in ("pool", "executor"):
         for method in ("fork", "spawn", "forkserver"):
+            if args.only and args.only != f"{kind}/{method}":
+                continue
             times, failed = [], 0
             for _ in range(reps):
                 with tempfile.TemporaryDirectory() as d:

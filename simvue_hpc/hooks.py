@@ -66,6 +66,9 @@ def register(run: Run, child: bool = False) -> None:
         import multiprocessing.util  # loaded already in a pool's worker
 
         multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+        # Also when the child's threads shut down, which its bootstrap always does: a SIGTERM landing just
+        # as the exit finalizers begin raises SystemExit past them (seen with forkserver pools).
+        threading._register_atexit(close_all)  # type: ignore[attr-defined]
     catch_sigterm()
 
 
