@@ -133,7 +133,8 @@ def child(idx: int, t0: float, steps: int, hz: float, nmetrics: int, q) -> None:
     q.put({
         "idx": idx, "steps": i, "t_last": t_last, "max_lag": max_lag, "late_calls": late_calls,
         "close_s": close_s, "acknowledged": acknowledged,
-        "sent_points": worker.sent_points if worker else -1, "dropped_points": worker.outbox.dropped_points if worker else -1,
+        "sent_points": worker.sent_points if worker else -1,
+        "dropped_points": worker.outbox.dropped_points if worker else -1,
         "rank": worker.rank if worker else None, "sent_before_close": sent_before_close,
     })  # fmt: skip
 
