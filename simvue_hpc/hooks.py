@@ -137,10 +137,7 @@ def _backstop() -> None:
         "SIGTERM: the main thread did not act on it within %.1f s; closing the run from another thread", TERM_GRACE
     )
     try:
-        close_all()
-        deadline = time.monotonic() + 120.0  # a close the main thread began after all: let it end
-        while closing and time.monotonic() < deadline:
-            time.sleep(0.05)
+        close_all()  # a close the main thread began meanwhile is waited for by Simvue.close itself
     finally:
         os._exit(128 + signal.SIGTERM)
 
